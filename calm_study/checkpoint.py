@@ -1,0 +1,75 @@
+"""Epoch checkpoints: model, optimizer, scheduler, epoch, every worker's RNG states and the config, in one file.
+
+Everything is stored as tensors and plain Python values so that loading works with `torch.load(weights_only=True)`
+(no arbitrary pickle is ever executed when resuming).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calm_study.config import TrialConfig, trial_to_dict
+from calm_study.configio import flatten
+
+STATE_FILE = "state.pt"
+# Keys that may differ between a checkpoint and the config resuming from it (they do not change what is trained).
+RESUMABLE_DIFFERENCES = ("train.epochs", "train.log_every", "train.eval_batch_size", "data.loader_workers",
+                         "data.cache_dir", "data.eval")
+
+
+def rng_state() -> dict:
+    """This process's Python, NumPy, torch (and CUDA) RNG states as weights_only-loadable values."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)),
+             "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(states: list[dict], rank: int, world_size: int) -> None:
+    """Restore this worker's RNG states (only when the worker count is unchanged; otherwise keep the fresh seeds)."""
+    if len(states) != world_size:
+        return
+    s = states[rank]
+    version, mt, gauss = s["python"]
+    random.setstate((version, tuple(mt), gauss))
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                    epoch: int, rng: list[dict], cfg: TrialConfig) -> Path:
+    """Write folder/state.pt (epoch = number of completed epochs) and return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "rng": rng, "config": trial_to_dict(cfg)}, folder / STATE_FILE)
+    return folder
+
+
+def config_differences(saved: dict, cfg: TrialConfig) -> list[str]:
+    """Flattened keys whose values differ between a checkpoint's config and `cfg` (ignoring resumable ones)."""
+    a, b = flatten(saved), flatten(trial_to_dict(cfg))
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}" for k in keys
+            if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_DIFFERENCES)]
+
+
+def load_checkpoint(folder: Path, cfg: TrialConfig, map_location: torch.device | str = "cpu") -> dict:
+    """Load folder/state.pt safely; refuse a checkpoint written for a different configuration."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    diffs = config_differences(state["config"], cfg)
+    if diffs:
+        raise ValueError(f"checkpoint {str(path)!r} was written for a different configuration: {'; '.join(diffs)}")
+    return state

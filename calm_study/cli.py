@@ -1,0 +1,124 @@
+"""Command line: `python -m calm_study {run,validate,train} ...` (the only argparse in the package)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from calm_study.configio import ConfigError, load_yaml
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML, e.g. studies/anchor_ablation.yaml")
+    p.add_argument("--preset", help="named preset of the study file, e.g. demo")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a study key (seeds=[0,1]) or a trial key (train.epochs=2); repeatable")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from calm_study.study import expand, load_study, metric_key
+
+    study = load_study(args.study, args.preset, args.sets)
+    trials = expand(study)
+    arms = {t.arm_id: t for t in trials}
+    print(f"{args.study}: study {study.name!r} is valid: {len(arms)} arm(s) x {len(study.seeds)} seed(s) = "
+          f"{len(trials)} trial(s); metric {metric_key(study)} ({study.metric.mode})")
+    for arm, t in arms.items():
+        print(f"  {arm}  {json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
+    return 0
+
+
+def _print_summary(df, study) -> None:
+    from calm_study.study import metric_key
+
+    if df.empty:
+        print("no results yet")
+        return
+    eval_set, metric = metric_key(study).split("/")[1:]
+    last = df[(df.eval_set == eval_set)].sort_values("epoch").groupby(["arm_id", "seed"]).tail(1)
+    cols = ["arm_id", "seed", "swept", "epoch", "status", metric, "t2v_R5", "t2v_MnR"]
+    with __import__("pandas").option_context("display.width", 200, "display.max_colwidth", 70):
+        print(f"final epoch on {eval_set}:")
+        print(last[[c for c in cols if c in last]].to_string(index=False))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from calm_study.ray_runner import run_study
+    from calm_study.study import load_study
+
+    study = load_study(args.study, args.preset, args.sets)
+    path = run_study(study, address=args.address)
+    df = pd.read_parquet(path)
+    _print_summary(df, study)
+    failed = df[df.status.isin(["error", "diverged"])].trial_key.nunique() if not df.empty else 0
+    print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r})")
+    return 1 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One trial without Ray: a trial YAML, or one trial (--trial N) of a study file."""
+    from calm_study.checkpoint import STATE_FILE
+    from calm_study.config import trial_from_dict
+    from calm_study.study import apply_overrides, expand, load_study
+    from calm_study.train import fit
+
+    doc = load_yaml(args.config)
+    if isinstance(doc, dict) and "base" in doc:
+        trials = expand(load_study(args.config, args.preset, args.sets))
+        if not 0 <= args.trial < len(trials):
+            raise ConfigError(args.config, [f"--trial {args.trial}: the study has trials 0..{len(trials) - 1}"])
+        cfg = trials[args.trial].config
+    else:
+        cfg = trial_from_dict(apply_overrides({"base": doc or {}}, args.sets, args.config)["base"], args.config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = sorted(out.glob("epoch_*/" + STATE_FILE))
+    resume = done[-1].parent if (args.resume and done) else None
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            target = out / f"epoch_{metrics['epoch']:03d}"
+            target.mkdir(exist_ok=True)
+            (checkpoint_dir / STATE_FILE).replace(target / STATE_FILE)
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    metrics = fit(cfg, report, device=args.device, resume_dir=resume)
+    print(json.dumps(metrics, indent=1))
+    print(f"checkpoints and metrics.jsonl in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m calm_study", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run (or resume) a study with Ray Tune; results go to results/<study>/")
+    _study_args(p)
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="check a study file and list its trials, without running anything")
+    _study_args(p)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("train", help="train one trial in this process, without Ray (for debugging)")
+    p.add_argument("config", help="a trial YAML (model/anchors/loss/... sections) or a study YAML")
+    p.add_argument("--preset", help="study preset (study files only)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--trial", type=int, default=0, help="which trial of a study file (see `validate`)")
+    p.add_argument("--out", default="runs/debug", help="folder for checkpoints and metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

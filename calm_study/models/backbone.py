@@ -1,0 +1,67 @@
+"""CLIP through open_clip: image encoder for frames, text encoder for captions and anchor prompts.
+
+`calm-tiny` (calm_study/models/configs/calm-tiny.json: 32² images, 2-layer towers, width 64) is registered with
+open_clip so demos and tests run the real open_clip code on CPU without downloading weights.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+TINY_MODELS = ("calm-tiny",)
+
+
+def register_tiny_models() -> None:
+    """Add calm_study's small architectures to open_clip's model registry (idempotent)."""
+    if all(name in open_clip.list_models() for name in TINY_MODELS):
+        return
+    open_clip.add_model_config(Path(str(resources.files("calm_study") / "models" / "configs")))
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    """A checkpoint path rather than an open_clip tag (tags have no path separator and no file extension)."""
+    return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+
+
+class CLIPBackbone(nn.Module):
+    """Wraps an open_clip CLIP model. `pretrained`: an open_clip tag for `arch`, a local checkpoint path, or None."""
+
+    def __init__(self, arch: str, pretrained: str | None):
+        super().__init__()
+        register_tiny_models()
+        if arch not in open_clip.list_models():
+            raise ValueError(f"model.clip: {arch!r} is not an open_clip architecture; see open_clip.list_models() "
+                             f"(calm_study adds {', '.join(TINY_MODELS)})")
+        if pretrained and _looks_like_path(pretrained):
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"model.pretrained: checkpoint file {pretrained!r} does not exist")
+            pretrained = str(path)
+        try:
+            self.clip = open_clip.create_model(arch, pretrained=pretrained or None)
+        except RuntimeError as e:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise RuntimeError(f"model.pretrained: could not load {pretrained!r} for {arch!r} ({e}); valid tags for "
+                               f"this architecture: {', '.join(tags) or 'none'}, or a local checkpoint file") from e
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        size = self.clip.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.embed_dim = int(self.clip.visual.output_dim)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)  # (N, L) token ids, truncated to the model's context length
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images)  # (N, 3, S, S) -> (N, D), projected, not normalised
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens)  # (N, L) -> (N, D): the EOT token's projected feature

@@ -1,0 +1,172 @@
+"""All of calm_study's Ray glue (Ray 2.60, Train V2; see shared/notes/ray.md for the verified pattern).
+
+Each trial is a Tune *function* trainable (the driver) that launches a Ray Train `TorchTrainer` (a Trainer passed to
+Tuner fails in Train V2). The Train run is named after the trial's key (arm id + seed), so a restarted or restored
+trial finds its last checkpoint and continues. The Train controller appends every epoch's metrics to
+<storage>/<study>/train/train-<key>/metrics.jsonl (EpochLog, placed before the Tune bridge), and the Parquet is built
+from those logs. Running the same study again restores the Tune experiment instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from calm_study.config import trial_from_dict, trial_to_dict
+from calm_study.results import METRIC_LOG, build_results, read_metric_log, results_path, write_parquet_atomic
+from calm_study.study import Study, Trial, expand, metric_key
+from calm_study.train import fit
+
+DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
+TRAIN_MAX_FAILURES = 1  # worker-group retries (infrastructure faults) per trial; each resumes from its checkpoint
+
+
+class EpochLog(ray.train.UserCallback):
+    """Appends rank 0's metrics (+ checkpoint path) of every report to the run's metrics.jsonl, durably."""
+
+    def __init__(self, run_dir: str):
+        self.path = Path(run_dir) / METRIC_LOG
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        record = {**metrics[0], "checkpoint": checkpoint.path if checkpoint else None, "logged_at": time.time()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _worker_loop(config: dict) -> None:
+    """Runs on every Train worker: resume from the run's latest checkpoint if there is one, then train."""
+    cfg = trial_from_dict(config["trial"], f"trial {config['key']}")
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report({**metrics, "arm_id": config["arm_id"], "seed": config["seed"]}, checkpoint=ckpt)
+
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        fit(cfg, report, device=device)
+    else:
+        with checkpoint.as_directory() as folder:
+            fit(cfg, report, device=device, resume_dir=Path(folder))
+
+
+def _driver(config: dict) -> None:
+    """The Tune trainable: one TorchTrainer run per trial, named after the trial key (deterministic => resumable)."""
+    rt = config["runtime"]
+    name = f"train-{config['key']}"
+    run_config = ray.train.RunConfig(
+        name=name, storage_path=rt["train_storage"],
+        callbacks=[EpochLog(os.path.join(rt["train_storage"], name)), TuneReportCallback()],  # log first (notes §5)
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
+    )
+    gpus = rt["gpus_per_worker"]
+    scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0,
+                                      resources_per_worker={"CPU": rt["cpus_per_worker"], **({"GPU": gpus} if gpus else {})})
+    loop_config = {k: config[k] for k in ("trial", "key", "arm_id", "seed")}
+    TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
+
+
+def _max_concurrent(study: Study) -> int:
+    """Trials at once: Tune does not count Train workers, so this is the real throttle (notes §8)."""
+    r = study.resources
+    if r.max_concurrent:
+        return r.max_concurrent
+    total = ray.cluster_resources()
+    if r.gpus_per_worker > 0:
+        return max(1, math.floor(total.get("GPU", 0) / (r.gpus_per_worker * r.num_workers)))
+    return max(1, math.floor(total.get("CPU", 1) / (r.cpus_per_worker * r.num_workers + DRIVER_CPUS)))
+
+
+def study_paths(study: Study) -> tuple[Path, Path]:
+    """(Tune experiment folder, Train storage folder) of a study."""
+    root = Path(study.storage).expanduser().resolve() / study.name
+    return root / "tune", root / "train"
+
+
+def param_space(study: Study, trials: list[Trial]) -> dict:
+    tune_dir, train_dir = study_paths(study)
+    r = study.resources
+    runtime = {"train_storage": str(train_dir), "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
+               "gpus_per_worker": r.gpus_per_worker}
+    return {"trial": ray.tune.grid_search([{"key": t.key, "arm_id": t.arm_id, "seed": t.seed,
+                                            "trial": trial_to_dict(t.config)} for t in trials]),
+            "runtime": runtime}
+
+
+def _check_same_study(tune_dir: Path, trials: list[Trial]) -> None:
+    """Refuse to resume a study whose file changed the set of trials since it started."""
+    manifest = tune_dir.parent / "trials.json"
+    keys = sorted(t.key for t in trials)
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old != keys:
+            added, removed = sorted(set(keys) - set(old)), sorted(set(old) - set(keys))
+            raise RuntimeError(
+                f"the study in {tune_dir.parent} was started with different trials (now adds {added or 'none'}, "
+                f"drops {removed or 'none'}); restore the original study file or give the study a new name")
+    else:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(keys))
+
+
+def write_study_results(study: Study, trials: list[Trial], statuses: dict[str, str] | None = None,
+                        trial_ids: dict[str, str] | None = None) -> Path:
+    """Build the Parquet from every trial's metric log and write it atomically; returns its path."""
+    _, train_dir = study_paths(study)
+    logs = {t.key: read_metric_log(train_dir / f"train-{t.key}" / METRIC_LOG) for t in trials}
+    statuses = dict(statuses or {})
+    for t in trials:
+        log = logs[t.key]
+        if t.key not in statuses or statuses[t.key] == "completed":
+            last = log[-1] if log else {}
+            statuses[t.key] = ("diverged" if last.get("status") == "diverged" else
+                               "completed" if last.get("epoch") == t.config.train.epochs else
+                               "incomplete" if log else "pending")
+    df = build_results(study, trials, logs, statuses, trial_ids)
+    return write_parquet_atomic(df, results_path(study))
+
+
+def run_study(study: Study, address: str | None = None) -> Path:
+    """Run (or resume) every trial of the study with Ray Tune; returns the Parquet path."""
+    trials = expand(study)
+    tune_dir, train_dir = study_paths(study)
+    _check_same_study(tune_dir, trials)
+    if not ray.is_initialized():
+        # The dashboard (bound to localhost) keeps the State API up, which Train V2 needs to free the placement groups
+        # of stopped trials (notes §9).
+        ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    trainable = ray.tune.with_resources(_driver, {"cpu": DRIVER_CPUS})
+    if ray.tune.Tuner.can_restore(str(tune_dir)):
+        print(f"resuming study {study.name} from {tune_dir}", file=sys.stderr)
+        tuner = ray.tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable, param_space=param_space(study, trials),
+            tune_config=ray.tune.TuneConfig(metric=metric_key(study), mode=study.metric.mode,
+                                            max_concurrent_trials=_max_concurrent(study),
+                                            trial_dirname_creator=lambda trial: trial.config["trial"]["key"]),
+            run_config=ray.tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent),
+                                          failure_config=ray.tune.FailureConfig(max_failures=1)),
+        )
+    grid = tuner.fit()
+    statuses, trial_ids = {}, {}
+    for result in grid:
+        key = result.config["trial"]["key"]
+        trial_ids[key] = str((result.metrics or {}).get("trial_id", ""))
+        if result.error is not None:
+            statuses[key] = "error"
+    return write_study_results(study, trials, statuses, trial_ids)

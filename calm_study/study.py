@@ -1,0 +1,203 @@
+"""Study files: a base trial config, a search space, seeds, the metric, resources, storage and named presets.
+
+    name: anchor_ablation
+    base: {model: ..., anchors: ..., ...}            # a TrialConfig
+    search:
+      grid: {loss.alpha: [0.05, 0.1]}                # cartesian product over the listed values
+      combinations:                                  # listed rows (e.g. Table 6's (count, source) pairs),
+        - {anchors.count: 0, loss.align: none}       #   crossed with the grid
+    seeds: [0, 1]                                    # every arm runs once per seed
+    presets: {demo: {base: {...}, seeds: [0]}}       # merged into the document by --preset
+
+Loading is strict: every problem (unknown key, wrong type, bad value, bad search key) is reported at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from calm_study.config import TrialConfig, check_trial, trial_to_dict
+from calm_study.configio import (ConfigError, dataclass_paths, deep_merge, did_you_mean, from_dict, load_yaml,
+                                 parse_yaml, set_path, to_dict)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    grid: dict[str, Any] = field(default_factory=dict)  # trial key path -> list of values (cartesian product)
+    combinations: tuple[dict[str, Any], ...] = ()  # listed rows of {key path: value}, crossed with the grid
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str = "t2v_R1"  # a retrieval metric: {t2v,v2t}_{R1,R5,R10,MdR,MnR}
+    eval_set: str = ""  # which evaluation set (its label); default: the first in data.eval
+    mode: str = "max"  # max | min
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_workers: int = 1  # Ray Train workers (DDP ranks) per trial
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    gpus_per_worker: float = 0.0  # GPUs per worker; a fraction packs trials on one GPU (only with num_workers 1)
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's CPUs/GPUs fit
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str = ""  # study name: names the storage folder and results/<name>/
+    description: str = ""
+    base: TrialConfig = field(default_factory=TrialConfig)
+    search: SearchSpace = field(default_factory=SearchSpace)
+    seeds: tuple[int, ...] = (0,)  # each arm runs once per seed (train.seed)
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    resources: Resources = field(default_factory=Resources)
+    storage: str = "runs"  # Ray storage for the Tune experiment, Train checkpoints and metric logs
+    results_dir: str = "results"  # Parquet goes to <results_dir>/<name>/
+    presets: dict[str, Any] = field(default_factory=dict)  # name -> partial study document (merged by --preset)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One expanded trial: an arm (config without seed) run with one seed."""
+    arm_id: str
+    seed: int
+    config: TrialConfig
+    swept: dict[str, Any]  # the search-space values of this arm
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm_id}-s{self.seed}"
+
+
+METRIC_NAMES = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR")]
+STUDY_KEYS = [f.name for f in Study.__dataclass_fields__.values()]
+
+
+def arm_id(cfg: TrialConfig) -> str:
+    """Stable short hash of the resolved config without its seed: the key of every result row."""
+    d = trial_to_dict(cfg)
+    d["train"].pop("seed")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def apply_overrides(doc: dict, sets: list[str], source: str) -> dict:
+    """--set key=value: a study key (seeds=[0,1]) or a trial key relative to base (train.epochs=2)."""
+    errors = []
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            errors.append(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+            continue
+        path = key if key.split(".")[0] in STUDY_KEYS else f"base.{key}"
+        doc = set_path(doc, path, parse_yaml(text, f"--set {key}"))
+    if errors:
+        raise ConfigError(source, errors)
+    return doc
+
+
+def load_study(path: str | Path, preset: str | None = None, sets: list[str] | None = None) -> Study:
+    """Read, merge the preset and --set overrides, convert and check a study file (every problem at once)."""
+    source = str(path)
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ConfigError(source, ["a study file must be a mapping with keys: " + ", ".join(STUDY_KEYS)])
+    if preset is not None:
+        presets = doc.get("presets") or {}
+        if preset not in presets:
+            raise ConfigError(source, [f"--preset {preset!r}: no such preset{did_you_mean(preset, presets)}; "
+                                       f"defined: {', '.join(presets) or 'none'}"])
+        doc = deep_merge(doc, presets[preset])
+    doc = apply_overrides(doc, sets or [], source)
+    doc.setdefault("name", Path(path).stem)
+    errors: list[str] = []
+    study = from_dict(Study, doc, "", errors)
+    if errors:
+        raise ConfigError(source, errors)
+    errors += _check_study(study)
+    if errors:
+        raise ConfigError(source, errors)
+    expand(study, source)  # raises with every trial-level problem
+    return study
+
+
+def _check_study(s: Study) -> list[str]:
+    errs = []
+    if not s.name or any(c in s.name for c in "/\\ "):
+        errs.append(f"name: {s.name!r} must be non-empty without spaces or slashes")
+    if s.metric.name not in METRIC_NAMES:
+        errs.append(f"metric.name: {s.metric.name!r} is not valid{did_you_mean(s.metric.name, METRIC_NAMES)}; "
+                    f"valid: {', '.join(METRIC_NAMES)}")
+    if s.metric.mode not in ("max", "min"):
+        errs.append(f"metric.mode: {s.metric.mode!r} must be max or min")
+    labels = [e.label for e in s.base.data.eval]
+    if s.metric.eval_set and s.metric.eval_set not in labels:
+        errs.append(f"metric.eval_set: {s.metric.eval_set!r} is not an evaluation set"
+                    f"{did_you_mean(s.metric.eval_set, labels)}; defined: {', '.join(labels)}")
+    if not s.seeds or len(set(s.seeds)) != len(s.seeds):
+        errs.append(f"seeds: {list(s.seeds)} must be a non-empty list of distinct integers")
+    r = s.resources
+    if r.num_workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0 or r.max_concurrent < 0:
+        errs.append("resources: num_workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0, max_concurrent >= 0")
+    if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
+        errs.append("resources.gpus_per_worker: a fraction of a GPU is only allowed with num_workers 1 (two ranks of "
+                    "one trial could land on the same GPU)")
+    valid = dataclass_paths(TrialConfig)
+    keys = list(s.search.grid) + [k for row in s.search.combinations for k in row]
+    for k in dict.fromkeys(keys):
+        if k not in valid and not any(k == v.rsplit(".", 1)[0] for v in valid if "." in v):
+            errs.append(f"search: {k!r} is not a trial config key{did_you_mean(k, valid)}")
+        if k == "train.seed":
+            errs.append("search: sweep seeds with the study's `seeds` list, not train.seed")
+    for k, values in s.search.grid.items():
+        if not isinstance(values, list) or not values:
+            errs.append(f"search.grid.{k}: expected a non-empty list of values, got {values!r}")
+    return errs
+
+
+def expand(study: Study, source: str = "<study>") -> list[Trial]:
+    """Every (arm, seed) of the study, in a stable order; raises ConfigError naming each bad combination."""
+    base = trial_to_dict(study.base)
+    grid_keys = list(study.search.grid)
+    rows = list(study.search.combinations) or [{}]
+    problems: dict[str, list[dict]] = {}  # message -> the search rows it occurs in
+    trials: list[Trial] = []
+    n_rows = 0
+    for row in rows:
+        for values in itertools.product(*(study.search.grid[k] for k in grid_keys)):
+            n_rows += 1
+            swept = {**row, **dict(zip(grid_keys, values))}
+            doc = base
+            for k, v in swept.items():
+                doc = set_path(doc, k, v)
+            errs: list[str] = []
+            cfg = from_dict(TrialConfig, doc, "base", errs)
+            for e in errs or check_trial(cfg):
+                problems.setdefault(e, []).append(swept)
+            if errs or problems and any(swept in rows_ for rows_ in problems.values()):
+                continue
+            for seed in study.seeds:
+                c = replace(cfg, train=replace(cfg.train, seed=seed))
+                trials.append(Trial(arm_id(c), seed, c, swept))
+    if problems:
+        raise ConfigError(source, [e if len(where) == n_rows else f"{e} (with search values {', '.join(map(str, where))})"
+                                   for e, where in problems.items()])
+    keys = [t.key for t in trials]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(source, [f"search: some rows give identical trials ({', '.join(dupes)})"])
+    return trials
+
+
+def metric_key(study: Study) -> str:
+    """The reported metric Tune optimises, e.g. 'eval/synthetic-plain-test/t2v_R1'."""
+    eval_set = study.metric.eval_set or study.base.data.eval[0].label
+    return f"eval/{eval_set}/{study.metric.name}"
+
+
+def study_to_dict(study: Study) -> dict:
+    return to_dict(study)
