@@ -51,12 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from calm_study.study import load_study
 
     study = load_study(args.study, args.preset, args.sets)
-    path = run_study(study, address=args.address)
+    path, statuses = run_study(study, address=args.address)
     df = pd.read_parquet(path)
     _print_summary(df, study)
-    failed = df[df.status.isin(["error", "diverged"])].trial_key.nunique() if not df.empty else 0
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    print(f"trials: {', '.join(f'{n} {s}' for s, n in counts.items())}")
     print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r})")
-    return 1 if failed else 0
+    return 0 if set(statuses.values()) == {"completed"} else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:

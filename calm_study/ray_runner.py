@@ -54,19 +54,23 @@ def _worker_loop(config: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report({**metrics, "arm_id": config["arm_id"], "seed": config["seed"]}, checkpoint=ckpt)
 
+    def log(message: str) -> None:
+        if ray.train.get_context().get_world_rank() == 0:
+            print(f"[{config['key']}] {message}", file=sys.stderr, flush=True)
+
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        fit(cfg, report, device=device)
+        fit(cfg, report, device=device, log=log)
     else:
         with checkpoint.as_directory() as folder:
-            fit(cfg, report, device=device, resume_dir=Path(folder))
+            fit(cfg, report, device=device, resume_dir=Path(folder), log=log)
 
 
 def _driver(config: dict) -> None:
     """The Tune trainable: one TorchTrainer run per trial, named after the trial key (deterministic => resumable)."""
-    rt = config["runtime"]
-    name = f"train-{config['key']}"
+    rt, trial = config["runtime"], config["trial"]
+    name = f"train-{trial['key']}"
     run_config = ray.train.RunConfig(
         name=name, storage_path=rt["train_storage"],
         callbacks=[EpochLog(os.path.join(rt["train_storage"], name)), TuneReportCallback()],  # log first (notes §5)
@@ -76,7 +80,7 @@ def _driver(config: dict) -> None:
     gpus = rt["gpus_per_worker"]
     scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0,
                                       resources_per_worker={"CPU": rt["cpus_per_worker"], **({"GPU": gpus} if gpus else {})})
-    loop_config = {k: config[k] for k in ("trial", "key", "arm_id", "seed")}
+    loop_config = {k: trial[k] for k in ("trial", "key", "arm_id", "seed")}
     TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
 
 
@@ -124,8 +128,8 @@ def _check_same_study(tune_dir: Path, trials: list[Trial]) -> None:
 
 
 def write_study_results(study: Study, trials: list[Trial], statuses: dict[str, str] | None = None,
-                        trial_ids: dict[str, str] | None = None) -> Path:
-    """Build the Parquet from every trial's metric log and write it atomically; returns its path."""
+                        trial_ids: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+    """Build the Parquet from every trial's metric log and write it atomically; returns (its path, trial statuses)."""
     _, train_dir = study_paths(study)
     logs = {t.key: read_metric_log(train_dir / f"train-{t.key}" / METRIC_LOG) for t in trials}
     statuses = dict(statuses or {})
@@ -137,11 +141,11 @@ def write_study_results(study: Study, trials: list[Trial], statuses: dict[str, s
                                "completed" if last.get("epoch") == t.config.train.epochs else
                                "incomplete" if log else "pending")
     df = build_results(study, trials, logs, statuses, trial_ids)
-    return write_parquet_atomic(df, results_path(study))
+    return write_parquet_atomic(df, results_path(study)), statuses
 
 
-def run_study(study: Study, address: str | None = None) -> Path:
-    """Run (or resume) every trial of the study with Ray Tune; returns the Parquet path."""
+def run_study(study: Study, address: str | None = None) -> tuple[Path, dict[str, str]]:
+    """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, status of each trial)."""
     trials = expand(study)
     tune_dir, train_dir = study_paths(study)
     _check_same_study(tune_dir, trials)
@@ -159,7 +163,8 @@ def run_study(study: Study, address: str | None = None) -> Path:
             tune_config=ray.tune.TuneConfig(metric=metric_key(study), mode=study.metric.mode,
                                             max_concurrent_trials=_max_concurrent(study),
                                             trial_dirname_creator=lambda trial: trial.config["trial"]["key"]),
-            run_config=ray.tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent),
+            # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
+            run_config=ray.tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), verbose=0,
                                           failure_config=ray.tune.FailureConfig(max_failures=1)),
         )
     grid = tuner.fit()

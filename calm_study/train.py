@@ -101,6 +101,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     if len(loader) == 0:
         raise ValueError(f"data.train {cfg.data.train.label!r} has {len(train_set)} pairs, fewer than one batch of "
                          f"train.batch_size {t.batch_size}; lower train.batch_size")
+    log(f"{len(train_set)} training pairs, {len(loader)} steps per epoch x {t.epochs} epochs, "
+        f"{world_size} worker(s), device {device}")
     eval_sets = {ref.label: EvalVideos(load_records(ref, cfg.data), cfg.data.num_frames, size)
                  for ref in cfg.data.eval} if rank == 0 else {}
 

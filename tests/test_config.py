@@ -1,0 +1,108 @@
+"""Strict configuration loading: every problem at once, with key paths and "did you mean"."""
+
+import pytest
+
+from calm_study.config import TrialConfig, trial_from_dict
+from calm_study.configio import ConfigError, parse_yaml
+from calm_study.study import expand, load_study
+
+
+def problems(fn, *args, **kwargs) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        fn(*args, **kwargs)
+    return info.value.problems
+
+
+def test_scientific_notation_is_a_float():
+    assert parse_yaml("lr: 1e-5\nb: 2E3\nc: .5\nd: 3") == {"lr": 1e-5, "b": 2000.0, "c": 0.5, "d": 3}
+    cfg = trial_from_dict(parse_yaml("optim: {lr_new: 3e-5}"))
+    assert cfg.optim.lr_new == 3e-5 and isinstance(cfg.optim.lr_new, float)
+
+
+def test_unknown_keys_and_wrong_types_are_all_reported_with_suggestions():
+    errs = problems(trial_from_dict, {"loss": {"alpah": 0.2, "align": 3}, "trian": {}, "train": {"epochs": "five"},
+                                      "vae": {"encoder_hidden": "512"}})
+    text = "\n".join(errs)
+    assert len(errs) == 5
+    assert "loss.alpah: unknown key (did you mean 'alpha'?)" in text
+    assert "loss.align: expected a string, got 3" in text
+    assert "trian: unknown key (did you mean 'train'?)" in text
+    assert "train.epochs: expected an integer, got 'five'" in text
+    assert "vae.encoder_hidden: expected a list of an integer" in text
+
+
+def test_semantic_problems_name_key_and_valid_values():
+    errs = problems(trial_from_dict, {"loss": {"align": "vea"}, "model": {"temporal": "lstm"},
+                                      "anchors": {"source": "coco80", "count": 100}})
+    text = "\n".join(errs)
+    assert "loss.align: 'vea' is not valid (did you mean 'vae'?); valid: none, kl, ce, mse, vae" in text
+    assert "model.temporal: 'lstm' is not valid" in text and "mean, transformer" in text
+    assert "anchors.count: 100 is more than the 80 labels of source 'coco80'" in text
+
+
+def test_baseline_and_anchor_consistency():
+    assert any("needs anchors" in e for e in problems(trial_from_dict, {"anchors": {"count": 0}}))
+    assert any("unused" in e for e in problems(trial_from_dict, {"loss": {"align": "none"}}))
+    assert trial_from_dict({"anchors": {"count": 0}, "loss": {"align": "none"}}).anchors.count == 0
+
+
+def test_duplicate_keys_and_syntax_errors_name_the_line(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\nseeds: [0]\nseeds: [1]\n")
+    assert "duplicate key 'seeds'" in problems(load_study, f)[0] and "line 3" in problems(load_study, f)[0]
+    f.write_text("name: x\nbase: {model: [\n")
+    assert "YAML syntax" in problems(load_study, f)[0] and "line" in problems(load_study, f)[0]
+
+
+def test_defaults_are_the_paper_settings():
+    c = TrialConfig()
+    assert (c.model.clip, c.model.pretrained) == ("ViT-B-32-quickgelu", "openai")
+    assert (c.anchors.source, c.anchors.count, c.anchors.template) == ("charades", 157, "The content of {label}")
+    assert (c.vae.latent_dim, c.loss.alpha, c.vae.dropout) == (256, 0.1, 0.1)
+    assert (c.train.batch_size, c.train.epochs, c.data.num_frames, c.optim.lr_new) == (128, 5, 12, 1e-5)
+
+
+STUDY = """
+name: t
+base:
+  model: {clip: calm-tiny, pretrained: null}
+search:
+  grid: {loss.alpha: [0.05, 0.1]}
+  combinations:
+    - {anchors.count: 0, loss.align: none}
+    - {anchors.count: 157}
+seeds: [0, 1]
+presets:
+  quick: {seeds: [3], base: {train: {epochs: 1}}}
+"""
+
+
+def test_study_expansion_grid_times_combinations_times_seeds(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text(STUDY)
+    trials = expand(load_study(f))
+    assert len(trials) == 2 * 2 * 2
+    assert len({t.arm_id for t in trials}) == 4
+    assert {t.config.train.seed for t in trials} == {0, 1}
+    again = expand(load_study(f))
+    assert [t.key for t in trials] == [t.key for t in again]  # arm ids are stable
+    quick = expand(load_study(f, preset="quick", sets=["train.batch_size=8", "loss.task_weight=2"]))
+    assert {t.seed for t in quick} == {3}
+    assert all(t.config.train.epochs == 1 and t.config.train.batch_size == 8 for t in quick)
+    assert all(t.config.loss.task_weight == 2.0 for t in quick)
+
+
+def test_study_errors_are_collected(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text(STUDY.replace("loss.alpha", "loss.alfa").replace("seeds: [0, 1]", "seeds: [0, 0]\nmetrc: {}"))
+    errs = problems(load_study, f)
+    text = "\n".join(errs)
+    assert "metrc: unknown key (did you mean 'metric'?)" in text
+    f.write_text(STUDY.replace("loss.alpha", "loss.alfa").replace("seeds: [0, 1]", "seeds: [0, 0]"))
+    text = "\n".join(problems(load_study, f))
+    assert "search: 'loss.alfa' is not a trial config key (did you mean 'loss.alpha'?)" in text
+    assert "seeds: [0, 0] must be a non-empty list of distinct integers" in text
+    f.write_text(STUDY.replace("{anchors.count: 157}", "{anchors.count: 500}"))
+    text = "\n".join(problems(load_study, f))
+    assert "anchors.count: 500 is more than the 157 labels" in text and "with search values" in text
+    assert "did you mean 'quick'" in problems(load_study, f, preset="quik")[0]

@@ -1,0 +1,54 @@
+"""A real Ray Tune + Ray Train run of a 2-trial study through the CLI, its Parquet, and an idempotent re-run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
+    from .conftest import TINY
+
+    base = json.loads(json.dumps(TINY))
+    base["data"]["cache_dir"] = str(data_cache)
+    base["data"]["eval"] = [{"name": "plain", "domain": "plain"}, {"name": "textured", "domain": "textured"}]
+    study = {
+        "name": "two", "base": base,
+        "search": {"combinations": [{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}]},
+        "seeds": [7], "metric": {"name": "t2v_R1", "eval_set": "plain"},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
+        "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+    }
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(study))
+    cmd = [sys.executable, "-m", "calm_study", "run", str(path)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 completed" in run.stdout
+
+    df = pd.read_parquet(tmp_path / "results" / "two")
+    assert len(df) == 2 * 2 * 2  # trials x epochs x evaluation sets
+    assert not df.duplicated(["arm_id", "seed", "epoch", "eval_set"]).any()
+    assert set(df.status) == {"completed"} and set(df.seed) == {7} and set(df.eval_set) == {"plain", "textured"}
+    assert sorted(df.drop_duplicates("arm_id").anchors_count) == [0, 20]
+    assert df.t2v_R1.between(0, 100).all() and (df.t2v_MnR >= 1).all() and df.loss_task.notna().all()
+    assert df[df.loss_align == "none"].loss_align_rec.isna().all()
+    assert df[df.loss_align == "vae"].loss_align_kl.notna().all()
+    for key in df.trial_key.unique():  # the durable per-epoch log and the Train checkpoints
+        run_dir = tmp_path / "runs" / "two" / "train" / f"train-{key}"
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+        assert list(run_dir.glob("checkpoint_*/state.pt"))
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming study two" in again.stderr
+    df2 = pd.read_parquet(tmp_path / "results" / "two")
+    assert len(df2) == len(df)  # nothing re-trained, nothing duplicated
+    pd.testing.assert_frame_equal(df2[["trial_key", "epoch", "t2v_R1"]], df[["trial_key", "epoch", "t2v_R1"]])
