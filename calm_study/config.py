@@ -15,7 +15,7 @@ from calm_study.configio import ConfigError, did_you_mean, from_dict, load_yaml,
 
 @dataclass(frozen=True)
 class ModelConfig:
-    clip: str = "ViT-B-32-quickgelu"  # open_clip architecture (open_clip.list_models(); `calm-tiny` is registered by us)
+    clip: str = "ViT-B-32-quickgelu"  # open_clip architecture (open_clip.list_models(), plus our calm-tiny)
     pretrained: str | None = "openai"  # open_clip pretrained tag of `clip`, a local checkpoint file, or null (random)
     temporal: str = "mean"  # temporal fusion Ψ_TE: mean | transformer
     temporal_layers: int = 4  # transformer fusion: encoder layers (>= 1)
@@ -151,7 +151,7 @@ def check_trial(cfg: TrialConfig) -> list[str]:
         except ValueError as e:
             errs.append(f"anchors.source: {e}; valid: {', '.join(list_label_sources())} or a label file path")
     if a.count == 0 and cfg.loss.align != "none":
-        errs.append(f"loss.align: {cfg.loss.align!r} needs anchors; with anchors.count 0 (baseline) set loss.align none")
+        errs.append(f"loss.align: {cfg.loss.align!r} needs anchors; the baseline (anchors.count 0) has loss.align none")
     if a.count > 0 and cfg.loss.align == "none":
         errs.append(f"anchors.count: {a.count} anchors are unused with loss.align none; set anchors.count 0")
     if a.tau <= 0:

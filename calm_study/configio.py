@@ -36,9 +36,8 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (the second would silently replace the first)", key_node.start_mark
-                )
+                message = f"duplicate key {key!r} (the second would silently replace the first)"
+                raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -53,9 +52,8 @@ _FLOAT_1_2 = re.compile(
 )
 _StrictLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 for _first in "-+0123456789.":
-    _StrictLoader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in _StrictLoader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
-    ]
+    resolvers = _StrictLoader.yaml_implicit_resolvers.get(_first, [])
+    _StrictLoader.yaml_implicit_resolvers[_first] = [(t, rx) for t, rx in resolvers if t != "tag:yaml.org,2002:float"]
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
 
 

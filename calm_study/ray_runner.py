@@ -78,8 +78,8 @@ def _driver(config: dict) -> None:
         failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
     )
     gpus = rt["gpus_per_worker"]
-    scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0,
-                                      resources_per_worker={"CPU": rt["cpus_per_worker"], **({"GPU": gpus} if gpus else {})})
+    per_worker = {"CPU": rt["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
+    scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0, resources_per_worker=per_worker)
     loop_config = {k: trial[k] for k in ("trial", "key", "arm_id", "seed")}
     TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
 

@@ -85,9 +85,9 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
 def build_results(study: Study, trials: list[Trial], logs: dict[str, list[dict]], statuses: dict[str, str],
                   trial_ids: dict[str, str] | None = None) -> pd.DataFrame:
     """The study's frame: logs and statuses are keyed by Trial.key."""
-    rows = []
+    rows, trial_ids = [], trial_ids or {}
     for t in trials:
-        rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), (trial_ids or {}).get(t.key, ""))
+        rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), trial_ids.get(t.key, ""))
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["arm_id", "seed", "epoch", "eval_set"], kind="stable").reset_index(drop=True)

@@ -22,8 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from calm_study.config import TrialConfig, check_trial, trial_to_dict
-from calm_study.configio import (ConfigError, dataclass_paths, deep_merge, did_you_mean, from_dict, load_yaml,
-                                 parse_yaml, set_path, to_dict)
+from calm_study.configio import (
+    ConfigError,
+    dataclass_paths,
+    deep_merge,
+    did_you_mean,
+    from_dict,
+    load_yaml,
+    parse_yaml,
+    set_path,
+    to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,10 @@ def _check_study(s: Study) -> list[str]:
     return errs
 
 
+def _rows(rows: list[dict]) -> str:
+    return ", ".join(map(str, rows))
+
+
 def expand(study: Study, source: str = "<study>") -> list[Trial]:
     """Every (arm, seed) of the study, in a stable order; raises ConfigError naming each bad combination."""
     base = trial_to_dict(study.base)
@@ -184,7 +197,7 @@ def expand(study: Study, source: str = "<study>") -> list[Trial]:
                 c = replace(cfg, train=replace(cfg.train, seed=seed))
                 trials.append(Trial(arm_id(c), seed, c, swept))
     if problems:
-        raise ConfigError(source, [e if len(where) == n_rows else f"{e} (with search values {', '.join(map(str, where))})"
+        raise ConfigError(source, [e if len(where) == n_rows else f"{e} (with search values {_rows(where)})"
                                    for e, where in problems.items()])
     keys = [t.key for t in trials]
     dupes = sorted({k for k in keys if keys.count(k) > 1})

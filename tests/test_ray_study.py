@@ -46,6 +46,10 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
         assert list(run_dir.glob("checkpoint_*/state.pt"))
 
+    documented = (REPO / "results" / "README.md").read_text()
+    undocumented = [c for c in df.columns if f"`{c}`" not in documented and not c.startswith("data_synthetic_")]
+    assert not undocumented, f"columns missing from results/README.md: {undocumented}"
+
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming study two" in again.stderr
