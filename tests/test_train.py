@@ -91,3 +91,19 @@ def test_too_small_training_set_is_a_clear_error(tiny_doc):
     tiny_doc["train"]["batch_size"] = 4096
     with pytest.raises(ValueError, match="fewer than one batch"):
         fit(trial_from_dict(tiny_doc), lambda m, c: None)
+
+
+@pytest.mark.slow
+def test_demo_setting_learns_well_above_chance(data_cache):
+    """The anchor ablation's demo preset (full CALM arm, default synthetic sizes) beats 3x chance text->video R@1."""
+    from pathlib import Path
+
+    from calm_study.study import expand, load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "studies" / "anchor_ablation.yaml", "demo",
+                       [f"data.cache_dir={data_cache}"])
+    trial = next(t for t in expand(study) if t.config.anchors.count == 157)
+    metrics = fit(trial.config, lambda m, c: None)
+    n_test_videos = trial.config.data.synthetic.num_test_videos
+    chance = 100.0 / n_test_videos
+    assert metrics["eval/plain_test/t2v_R1"] >= 3 * chance
