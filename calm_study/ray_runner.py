@@ -10,9 +10,9 @@ from those logs. Running the same study again restores the Tune experiment inste
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import trial_from_dict, trial_to_dict
+from calm_study.progress import say
 from calm_study.results import METRIC_LOG, build_results, read_metric_log, results_path, write_parquet_atomic
 from calm_study.study import Study, Trial, expand, metric_key
 from calm_study.train import fit
@@ -54,9 +55,14 @@ def _worker_loop(config: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report({**metrics, "arm_id": config["arm_id"], "seed": config["seed"]}, checkpoint=ckpt)
 
+    # Workers log at INFO by default: every report's full metrics and open_clip's model-building chatter. Our own
+    # one line per epoch is the progress display.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
     def log(message: str) -> None:
         if ray.train.get_context().get_world_rank() == 0:
-            print(f"[{config['key']}] {message}", file=sys.stderr, flush=True)
+            say(f"[{config['key']}] {message}")
 
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
@@ -155,7 +161,7 @@ def run_study(study: Study, address: str | None = None) -> tuple[Path, dict[str,
         ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     trainable = ray.tune.with_resources(_driver, {"cpu": DRIVER_CPUS})
     if ray.tune.Tuner.can_restore(str(tune_dir)):
-        print(f"resuming study {study.name} from {tune_dir}", file=sys.stderr)
+        say(f"resuming study {study.name} from {tune_dir}")
         tuner = ray.tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from calm_study.data.sources import load_records
 from calm_study.evaluate import evaluate
 from calm_study.losses import compute_losses
 from calm_study.models.calm import CALMModel, build_model
+from calm_study.progress import say
 
 Reporter = Callable[[dict, "Path | None"], None]
 
@@ -84,7 +84,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         resume_dir: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train one trial; returns the last epoch's metrics."""
     rank, world_size = world()
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if rank == 0 else None)
+    log = log or (lambda msg: say(msg) if rank == 0 else None)
     device = torch.device(device)
     t = cfg.train
     seed_everything(t.seed + rank)

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from fractions import Fraction
@@ -30,6 +29,7 @@ import av
 import numpy as np
 
 from calm_study.data.dataset import VideoRecord
+from calm_study.progress import say
 
 # Bump whenever the rendered pixels, captions or file layout change: it is part of the cache fingerprint.
 GENERATOR_VERSION = 1
@@ -229,7 +229,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, *, num_train_videos: int = 2
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
     if final.exists():  # damaged by hand (our own writer never leaves it incomplete): move aside, regenerate
-        print(f"calm_study: {final} is incomplete; regenerating it", file=sys.stderr, flush=True)
+        say(f"calm_study: {final} is incomplete; regenerating it")
         trash = cache_dir / f".{final.name}.broken-{uuid.uuid4().hex}"
         try:
             os.rename(final, trash)
@@ -238,8 +238,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, *, num_train_videos: int = 2
             pass  # somebody else moved it first
 
     total = len(DOMAINS) * (num_train_videos + num_test_videos)
-    print(f"calm_study: generating synthetic dataset ({len(DOMAINS)} domains, {total} videos, {codec}) "
-          f"into {final} ...", file=sys.stderr, flush=True)
+    say(f"calm_study: generating synthetic dataset ({len(DOMAINS)} domains, {total} videos, {codec}) into {final} ...")
     start = time.perf_counter()
     tmp = cache_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
@@ -253,8 +252,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, *, num_train_videos: int = 2
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"calm_study: synthetic dataset ready in {time.perf_counter() - start:.1f}s: {final}",
-          file=sys.stderr, flush=True)
+    say(f"calm_study: synthetic dataset ready in {time.perf_counter() - start:.1f}s: {final}")
     return final
 
 
