@@ -93,8 +93,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     if t.batch_size % world_size:
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by the {world_size} training workers")
     model = build_model(cfg).to(device)
-    size = model.backbone.image_size
-    train_set = TrainPairs(load_records(cfg.data.train, cfg.data), cfg.data.num_frames, size)
+    pixels = (model.backbone.image_size, model.backbone.normalisation)
+    train_set = TrainPairs(load_records(cfg.data.train, cfg.data), cfg.data.num_frames, *pixels)
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=t.seed)
     loader = DataLoader(train_set, batch_size=t.batch_size // world_size, sampler=sampler, drop_last=True,
                         collate_fn=collate, num_workers=cfg.data.loader_workers)
@@ -103,7 +103,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
                          f"train.batch_size {t.batch_size}; lower train.batch_size")
     log(f"{len(train_set)} training pairs, {len(loader)} steps per epoch x {t.epochs} epochs, "
         f"{world_size} worker(s), device {device}")
-    eval_sets = {ref.label: EvalVideos(load_records(ref, cfg.data), cfg.data.num_frames, size)
+    eval_sets = {ref.label: EvalVideos(load_records(ref, cfg.data), cfg.data.num_frames, *pixels)
                  for ref in cfg.data.eval} if rank == 0 else {}
 
     optimizer = build_optimizer(model, cfg)

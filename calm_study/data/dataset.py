@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from calm_study.data.video import preprocess_frames, read_video
+from calm_study.data.video import CLIP_MEAN, CLIP_STD, preprocess_frames, read_video
+
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,10 @@ class VideoRecord:
         object.__setattr__(self, "captions", tuple(self.captions))
 
 
-def _load_clip(record: VideoRecord, num_frames: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_clip(record: VideoRecord, num_frames: int, image_size: int, norm: Normalisation
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     frames, mask = read_video(record.path, num_frames)  # (T, H, W, 3) uint8, (T,) bool
-    return preprocess_frames(frames, image_size), mask  # (T, 3, S, S) float32, (T,) bool
+    return preprocess_frames(frames, image_size, *norm), mask  # (T, 3, S, S) float32, (T,) bool
 
 
 def _check_sizes(num_frames: int, image_size: int) -> None:
@@ -46,11 +49,13 @@ class TrainPairs(Dataset):
     contrastive objective needs, and the decode cost is what caching layers elsewhere are for.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int) -> None:
+    def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
+                 normalisation: Normalisation = (CLIP_MEAN, CLIP_STD)) -> None:
         _check_sizes(num_frames, image_size)
         self.records = list(records)
         self.num_frames = num_frames
         self.image_size = image_size
+        self.normalisation = normalisation
         # (video index, caption) in record order, captions in their stored order.
         self.pairs: list[tuple[int, str]] = [
             (video_index, caption) for video_index, record in enumerate(self.records) for caption in record.captions
@@ -61,7 +66,7 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video_index, caption = self.pairs[i]
-        frames, mask = _load_clip(self.records[video_index], self.num_frames, self.image_size)
+        frames, mask = _load_clip(self.records[video_index], self.num_frames, self.image_size, self.normalisation)
         return {"frames": frames, "mask": mask, "caption": caption, "video_index": video_index}
 
 
@@ -72,11 +77,13 @@ class EvalVideos(Dataset):
     that text j belongs to, so a text-to-video similarity matrix (len(texts), len(self)) can be scored directly.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int) -> None:
+    def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
+                 normalisation: Normalisation = (CLIP_MEAN, CLIP_STD)) -> None:
         _check_sizes(num_frames, image_size)
         self.records = list(records)
         self.num_frames = num_frames
         self.image_size = image_size
+        self.normalisation = normalisation
         self.texts: list[str] = []
         self.text_to_video: list[int] = []
         for video_index, record in enumerate(self.records):
@@ -90,7 +97,7 @@ class EvalVideos(Dataset):
         if not -len(self.records) <= i < len(self.records):
             raise IndexError(f"video index {i} out of range for {len(self.records)} videos")
         i = i % len(self.records)
-        frames, mask = _load_clip(self.records[i], self.num_frames, self.image_size)
+        frames, mask = _load_clip(self.records[i], self.num_frames, self.image_size, self.normalisation)
         return {"frames": frames, "mask": mask, "video_index": i}
 
 

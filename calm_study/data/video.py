@@ -96,11 +96,13 @@ def read_video(path: str | Path, num_frames: int) -> tuple[torch.Tensor, torch.T
     return frames, mask
 
 
-def preprocess_frames(frames: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S), CLIP-normalised.
+def preprocess_frames(frames: torch.Tensor, image_size: int, mean: tuple[float, ...] = CLIP_MEAN,
+                      std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S), normalised.
 
     Resize so that the shorter side is S (bicubic, antialiased, aspect ratio kept), centre-crop S x S, scale to
-    [0, 1] and normalise with CLIP_MEAN / CLIP_STD, matching CLIP's own image transform without a per-frame PIL loop.
+    [0, 1] and normalise with the backbone's mean / std (OpenAI CLIP's by default), matching CLIP's own image
+    transform without a per-frame PIL loop.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (T, H, W, 3), got {tuple(frames.shape)}")
@@ -113,6 +115,6 @@ def preprocess_frames(frames: torch.Tensor, image_size: int) -> torch.Tensor:
     # Bicubic overshoots; CLIP's PIL pipeline saturates at the uint8 range, so clamp the same way.
     x = x.clamp_(0.0, 1.0)
     x = TF.center_crop(x, [image_size, image_size])  # (T, 3, S, S)
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous()

@@ -52,6 +52,9 @@ class CLIPBackbone(nn.Module):
         size = self.clip.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.embed_dim = int(self.clip.visual.output_dim)
+        # The pixel normalisation this model was trained with (set by open_clip from the pretrained tag).
+        preprocess = open_clip.get_model_preprocess_cfg(self.clip)
+        self.normalisation = (tuple(preprocess["mean"]), tuple(preprocess["std"]))
 
     @property
     def logit_scale(self) -> torch.Tensor:
