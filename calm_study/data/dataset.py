@@ -21,6 +21,8 @@ class VideoRecord:
     video_id: str
     path: Path
     captions: tuple[str, ...]
+    start: float | None = None  # seconds: the clip's time window inside the file (None = from the beginning)
+    end: float | None = None  # seconds (None = to the end)
 
     def __post_init__(self) -> None:
         # Loaders often build records from JSON/CSV (str paths, caption lists); normalise so that records stay
