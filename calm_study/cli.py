@@ -94,6 +94,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from calm_study import data_commands as dc
+
+    if args.data_command == "bench" and Path(args.target).is_dir():
+        records, frames, size = dc.folder_datasets(args.target, args.frames, args.size)
+        dc.bench(records[:args.limit], frames, size, args.decoder, args.target)
+        return 0
+    if Path(args.target).suffix in (".yaml", ".yml") or Path(args.target).is_file():
+        datasets = dc.study_datasets(args.target, args.preset, args.sets)
+    else:
+        datasets = dc.named_datasets(args.target, args.root, args.split, args.frames, args.size)
+    if args.data_command == "check":
+        problems = dc.check(datasets)
+        print("all videos readable" if not problems else f"{problems} problem(s) found")
+        return 1 if problems else 0
+    if args.data_command == "cache":
+        return 1 if dc.fill_cache(datasets, args.workers) else 0
+    from calm_study.data.sources import load_records
+
+    ref, data, frames, size = datasets[-1]  # the last split: an evaluation split
+    dc.bench(load_records(ref, data)[:args.limit], frames, size, data.decoder, ref.label)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calm_study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="check, cache or benchmark a study's videos before a long run")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    helps = {"check": "list missing or unreadable videos of every split a study (or one dataset) reads",
+             "cache": "decode every video of a study once into data.frame_cache",
+             "bench": "print clips/s decoding videos (a study's last split, or a folder) without and with the cache"}
+    for name, text in helps.items():
+        p = data_sub.add_parser(name, help=text)
+        p.add_argument("target", help="a study YAML, or a dataset name (msrvtt, didemo, lsmdc, msvd) with --root"
+                       + (", or a folder of videos" if name == "bench" else ""))
+        p.add_argument("--preset", help="study preset")
+        p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--root", help="dataset root (with a dataset name)")
+        p.add_argument("--split", help="one split (with a dataset name; default: all)")
+        p.add_argument("--frames", type=int, default=12, help="frames per video (with a dataset name)")
+        p.add_argument("--size", type=int, default=224, help="image size (with a dataset name)")
+        p.add_argument("--workers", type=int, default=2, help="decoding processes (cache)")
+        p.add_argument("--limit", type=int, default=50, help="videos to time (bench)")
+        p.add_argument("--decoder", default="decord", help="decord or pyav (bench on a folder)")
+        p.set_defaults(func=cmd_data)
     return parser
 
 

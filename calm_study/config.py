@@ -59,14 +59,17 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class DatasetRef:
-    name: str = ""  # label of the set in results; default "<dataset>-<domain>-<split>"
-    dataset: str = "synthetic"  # synthetic (real datasets come with their readers)
-    domain: str = "plain"  # synthetic: plain | textured
-    split: str = "test"  # train | test
+    name: str = ""  # label of the set in results; default "<dataset>-<split>" ("synthetic-<domain>-<split>")
+    dataset: str = "synthetic"  # synthetic | msrvtt | didemo | lsmdc | msvd (roots in data.roots)
+    domain: str = "plain"  # synthetic only: plain | textured
+    split: str = "test"  # synthetic: train | test; msrvtt: train (9k) | train7k | test (1k-A); others: train|val|test
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.dataset}-{self.domain}-{self.split}"
+        if self.name:
+            return self.name
+        synthetic = self.dataset == "synthetic"
+        return f"synthetic-{self.domain}-{self.split}" if synthetic else f"{self.dataset}-{self.split}"
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,12 @@ class DataConfig:
     train: DatasetRef = DatasetRef(split="train")  # training set
     eval: tuple[DatasetRef, ...] = (DatasetRef(),)  # evaluated at the end of every epoch, each on its own
     num_frames: int = 12  # T, frames sampled uniformly per video (paper: 12)
-    cache_dir: str = "~/.cache/calm_study"  # where generated data lives
+    cache_dir: str = "~/.cache/calm_study"  # where generated (synthetic) data lives
+    roots: dict[str, str] = field(default_factory=dict)  # dataset -> its root folder, e.g. {msrvtt: /data/MSRVTT}
+    video_dirs: dict[str, str] = field(default_factory=dict)  # dataset -> video folder (relative to root); "videos"
+    decoder: str = "decord"  # video decoder: decord | pyav (a fallback for files decord cannot read)
+    on_error: str = "error"  # missing/unreadable videos: error (stop, naming the files) | skip (drop, log, count)
+    frame_cache: str = ""  # folder of decoded uint8 frames, shared by every trial and epoch ("" = decode each time)
     loader_workers: int = 0  # DataLoader worker processes per training worker
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -171,11 +179,7 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     labels = [e.label for e in cfg.data.eval]
     if len(set(labels)) != len(labels):
         errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
-    for i, ref in enumerate((cfg.data.train, *cfg.data.eval)):
-        where = "data.train" if i == 0 else f"data.eval[{i - 1}]"
-        errs += _choice(f"{where}.dataset", ref.dataset, ["synthetic"])
-        errs += _choice(f"{where}.domain", ref.domain, ["plain", "textured"])
-        errs += _choice(f"{where}.split", ref.split, ["train", "test"])
+    errs += _check_data(cfg.data)
     o, t = cfg.optim, cfg.train
     if o.lr_clip < 0 or o.lr_new < 0:
         errs.append("optim: learning rates must be >= 0")
@@ -186,6 +190,45 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     if t.epochs < 1 or t.batch_size < 1 or t.eval_batch_size < 1:
         errs.append("train: epochs, batch_size and eval_batch_size must be >= 1")
     return errs
+
+
+def _check_data(d: DataConfig) -> list[str]:
+    from calm_study.data.readers import SPLITS, list_datasets
+    from calm_study.data.video import DECODERS
+
+    errs = _choice("data.decoder", d.decoder, list(DECODERS)) + _choice("data.on_error", d.on_error, ["error", "skip"])
+    splits = {"synthetic": ("train", "test"), **SPLITS}
+    for i, ref in enumerate((d.train, *d.eval)):
+        where = "data.train" if i == 0 else f"data.eval[{i - 1}]"
+        bad = _choice(f"{where}.dataset", ref.dataset, ["synthetic", *list_datasets()])
+        errs += bad
+        if bad:
+            continue
+        errs += _choice(f"{where}.split", ref.split, list(splits[ref.dataset]))
+        if ref.dataset == "synthetic":
+            errs += _choice(f"{where}.domain", ref.domain, ["plain", "textured"])
+        elif not d.roots.get(ref.dataset):
+            errs.append(f"data.roots.{ref.dataset}: not set, but {where} reads {ref.dataset}; give the dataset's root "
+                        f"folder, e.g. --set data.roots.{ref.dataset}=/data/{ref.dataset}")
+    for key in list(d.roots) + list(d.video_dirs):
+        if key not in splits:
+            errs.append(f"data.roots/video_dirs: {key!r} is not a dataset{did_you_mean(key, splits)}; "
+                        f"valid: {', '.join(splits)}")
+    return errs
+
+
+def absolute_paths(cfg: TrialConfig) -> TrialConfig:
+    """The config with its data paths made absolute against this process's working directory, for workers that run
+    elsewhere (Ray workers do not share the driver's working directory)."""
+    from dataclasses import replace
+
+    def absolute(p: str) -> str:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    d = cfg.data
+    data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
+                   roots={k: absolute(v) for k, v in d.roots.items()})
+    return replace(cfg, data=data)
 
 
 def trial_from_dict(data: dict, source: str = "<config>") -> TrialConfig:

@@ -124,7 +124,8 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         if not isinstance(value, dict):
             errors.append(f"{path}: expected a mapping, got {value!r}")
             return {}
-        return dict(value)
+        value_tp = typing.get_args(tp)[1]
+        return {k: _convert(v, value_tp, f"{path}.{k}", errors) for k, v in value.items()}
     if tp is Any:
         return value
     ok = {

@@ -22,7 +22,7 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from calm_study.config import trial_from_dict, trial_to_dict
+from calm_study.config import absolute_paths, trial_from_dict, trial_to_dict
 from calm_study.progress import say
 from calm_study.results import METRIC_LOG, build_results, read_metric_log, results_path, write_parquet_atomic
 from calm_study.study import Study, Trial, expand, metric_key
@@ -113,7 +113,7 @@ def param_space(study: Study, trials: list[Trial]) -> dict:
     runtime = {"train_storage": str(train_dir), "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
                "gpus_per_worker": r.gpus_per_worker}
     return {"trial": ray.tune.grid_search([{"key": t.key, "arm_id": t.arm_id, "seed": t.seed,
-                                            "trial": trial_to_dict(t.config)} for t in trials]),
+                                            "trial": trial_to_dict(absolute_paths(t.config))} for t in trials]),
             "runtime": runtime}
 
 

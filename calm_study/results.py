@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from calm_study.config import trial_to_dict
+from calm_study.config import DatasetRef, trial_to_dict
 from calm_study.configio import flatten
 from calm_study.study import Study, Trial
 
@@ -41,10 +41,11 @@ def read_metric_log(path: Path) -> list[dict]:
 
 def config_columns(trial: Trial) -> dict:
     """The flattened trial config as columns: 'anchors.count' -> 'anchors_count'."""
-    flat = flatten(trial_to_dict(trial.config))
-    eval_sets = flat.pop("data.eval")
-    cols = {k.replace(".", "_"): (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.items()}
-    cols["data_eval"] = json.dumps(eval_sets)
+    doc = trial_to_dict(trial.config)
+    for key in ("roots", "video_dirs", "eval"):  # mappings and lists of sets: one JSON column each
+        doc["data"][key] = json.dumps(doc["data"][key], sort_keys=True)
+    flat = flatten(doc)
+    cols = {k.replace(".", "_"): (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()}
     cols["data_train"] = trial.config.data.train.label
     return cols
 
@@ -60,12 +61,19 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_i
             metrics = {k[len(prefix):]: v for k, v in rec.items() if k.startswith(prefix)}
             rows.append({
                 "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "seed": trial.seed,
-                "trial_key": trial.key, "trial_id": trial_id, "eval_set": ref.label, "epoch": int(rec["epoch"]),
+                "trial_key": trial.key, "trial_id": trial_id, "eval_set": ref.label, "eval_dataset": ref.dataset,
+                "eval_split": ref.split, "train_dataset": trial.config.data.train.dataset,
+                "in_domain": _same_domain(trial.config.data.train, ref), "epoch": int(rec["epoch"]),
                 "epochs": trial.config.train.epochs, "status": status, "epoch_status": rec.get("status", ""),
                 "swept": json.dumps(trial.swept, sort_keys=True), **common, **metrics,
                 "checkpoint": rec.get("checkpoint"), **cfg_cols,
             })
     return rows
+
+
+def _same_domain(train: DatasetRef, ref: DatasetRef) -> bool:
+    """Is an evaluation set in the training set's domain (same dataset, and same synthetic domain)?"""
+    return train.dataset == ref.dataset and (train.dataset != "synthetic" or train.domain == ref.domain)
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from calm_study.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from calm_study.config import TrialConfig
 from calm_study.data.dataset import EvalVideos, TrainPairs, collate
-from calm_study.data.sources import load_records
+from calm_study.data.sources import frame_cache, load_readable_records
 from calm_study.evaluate import evaluate
 from calm_study.losses import compute_losses
 from calm_study.models.calm import CALMModel, build_model
@@ -93,8 +93,22 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     if t.batch_size % world_size:
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by the {world_size} training workers")
     model = build_model(cfg).to(device)
-    pixels = (model.backbone.image_size, model.backbone.normalisation)
-    train_set = TrainPairs(load_records(cfg.data.train, cfg.data), cfg.data.num_frames, *pixels)
+    d = cfg.data
+    cache = frame_cache(d, d.num_frames, model.backbone.image_size)
+    video_args = dict(num_frames=d.num_frames, image_size=model.backbone.image_size,
+                      normalisation=model.backbone.normalisation, decoder=d.decoder, frame_cache=cache)
+    skipped: dict[str, int] = {}  # unreadable videos dropped under data.on_error=skip, per dataset label
+
+    def readable(ref) -> list:
+        records, failures = load_readable_records(ref, d, cache)
+        skipped[ref.label] = len(failures)
+        for record, reason in failures[:5]:
+            log(f"skipping unreadable video {record.path} of {ref.label}: {reason}")
+        if len(failures) > 5:
+            log(f"... {len(failures) - 5} more unreadable videos of {ref.label} skipped")
+        return records
+
+    train_set = TrainPairs(readable(d.train), **video_args)
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=t.seed)
     loader = DataLoader(train_set, batch_size=t.batch_size // world_size, sampler=sampler, drop_last=True,
                         collate_fn=collate, num_workers=cfg.data.loader_workers)
@@ -103,8 +117,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
                          f"train.batch_size {t.batch_size}; lower train.batch_size")
     log(f"{len(train_set)} training pairs, {len(loader)} steps per epoch x {t.epochs} epochs, "
         f"{world_size} worker(s), device {device}")
-    eval_sets = {ref.label: EvalVideos(load_records(ref, cfg.data), cfg.data.num_frames, *pixels)
-                 for ref in cfg.data.eval} if rank == 0 else {}
+    eval_sets = {ref.label: EvalVideos(readable(ref), **video_args) for ref in d.eval} if rank == 0 else {}
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, t.epochs * len(loader), cfg.optim.warmup_fraction)
@@ -149,7 +162,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
                 log(f"  epoch {epoch + 1} step {step + 1}/{len(loader)} loss {float(terms['total']):.4f}")
         train_s = time.perf_counter() - tic
         metrics = {"epoch": epoch + 1, **{f"loss_{k}": v / max(1, done_steps) for k, v in sums.items()},
-                   "lr_clip": optimizer.param_groups[0]["lr"], "train_s": train_s}
+                   "lr_clip": optimizer.param_groups[0]["lr"], "train_s": train_s,
+                   "train_skipped_videos": skipped.get(d.train.label, 0)}
         if not finite:
             # A diverged trial stops here and says so; raising would make Ray retry into the same NaN.
             metrics["status"] = "diverged"
@@ -162,6 +176,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         for label, eval_set in eval_sets.items():
             for k, v in evaluate(model, eval_set, device, t.eval_batch_size).items():
                 metrics[f"eval/{label}/{k}"] = v
+            metrics[f"eval/{label}/skipped_videos"] = skipped.get(label, 0)
         metrics["eval_s"] = time.perf_counter() - tic
         metrics["status"] = "completed" if epoch + 1 == t.epochs else "running"
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -17,6 +20,9 @@ from calm_study.data import (
     ensure_synthetic_dataset,
     load_synthetic_split,
 )
+from calm_study.data.dataset import UnreadableVideosError, apply_failure_policy, check_videos
+from calm_study.data.frame_cache import FrameCache
+from calm_study.data.video import DECODERS, preprocess_frames, read_video
 
 T, S = 6, 32
 
@@ -116,3 +122,121 @@ def test_rejects_bad_sizes(records: list[VideoRecord]) -> None:
         TrainPairs(records, num_frames=0, image_size=S)
     with pytest.raises(ValueError):
         EvalVideos(records, num_frames=T, image_size=0)
+
+
+# ---------------------------------------------------------------- decoders, windows and the frame cache
+
+
+def all_items(ds) -> list[dict]:
+    return [ds[i] for i in range(len(ds))]
+
+
+def assert_same_items(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            same = torch.equal(x[key], y[key]) if isinstance(x[key], torch.Tensor) else x[key] == y[key]
+            assert same, key
+
+
+def test_datasets_through_the_cache_equal_decoding(records: list[VideoRecord], tmp_path: Path) -> None:
+    windowed = records[:2] + [VideoRecord(records[2].video_id, records[2].path, records[2].captions, 0.5, 1.5)]
+    cache = FrameCache(tmp_path / "cache", T, S)
+    for cls in (TrainPairs, EvalVideos):
+        plain = all_items(cls(windowed, num_frames=T, image_size=S))
+        assert_same_items(all_items(cls(windowed, num_frames=T, image_size=S, frame_cache=cache)), plain)  # fill
+        assert_same_items(all_items(cls(windowed, num_frames=T, image_size=S, frame_cache=cache)), plain)  # hits
+    assert all(cache.contains(r) for r in windowed)
+
+
+def test_dataset_uses_the_record_window_and_decoder(records: list[VideoRecord]) -> None:
+    # 16 frames at 8 fps: [0.5, 1.5) s holds frames 4..11.
+    record = VideoRecord("w", records[0].path, ("a caption",), start=0.5, end=1.5)
+    for decoder in DECODERS:
+        item = EvalVideos([record], num_frames=T, image_size=S, decoder=decoder)[0]
+        frames, mask = read_video(record.path, T, start=0.5, end=1.5, decoder=decoder)
+        assert torch.equal(item["frames"], preprocess_frames(frames, S)) and torch.equal(item["mask"], mask)
+        assert not torch.equal(item["frames"], EvalVideos(records[:1], num_frames=T, image_size=S)[0]["frames"])
+    pyav = EvalVideos([record], num_frames=T, image_size=S, decoder="pyav")[0]["frames"]
+    decord = EvalVideos([record], num_frames=T, image_size=S)[0]["frames"]
+    assert (pyav - decord).abs().max() < 0.1
+
+
+def test_dataloader_workers_with_the_cache(records: list[VideoRecord], tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path / "cache", T, S)
+    ds = TrainPairs(records, num_frames=T, image_size=S, frame_cache=cache)
+    loader = DataLoader(ds, batch_size=5, shuffle=False, num_workers=2, collate_fn=collate)
+    frames = torch.cat([batch["frames"] for batch in loader])  # workers fill the cache in parallel
+    assert all(cache.contains(r) for r in records)
+    assert torch.equal(frames, torch.stack([item["frames"] for item in all_items(ds)]))
+
+
+def test_dataset_rejects_bad_decoder_and_mismatched_cache(records: list[VideoRecord], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="decoder"):
+        TrainPairs(records, num_frames=T, image_size=S, decoder="opencv")
+    with pytest.raises(ValueError, match="frame cache"):
+        EvalVideos(records, num_frames=T, image_size=S, frame_cache=FrameCache(tmp_path, T + 1, S))
+
+
+# ---------------------------------------------------------------- check_videos / apply_failure_policy
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> tuple[VideoRecord, VideoRecord]:
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return VideoRecord("missing", tmp_path / "missing.mp4", ("a",)), VideoRecord("corrupt", corrupt, ("b",))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_check_videos_reports_unreadable_files(records: list[VideoRecord], broken, decoder: str) -> None:
+    missing, corrupt = broken
+    late = VideoRecord("late", records[0].path, ("c",), start=30.0)  # the video is 2 s long
+    mixed = [records[0], missing, records[1], corrupt, late, records[2]]
+    failures = check_videos(mixed, decoder=decoder, workers=2, progress=True)
+    assert [record for record, _ in failures] == [missing, corrupt, late]
+    reasons = dict((record.video_id, why) for record, why in failures)
+    assert "not found" in reasons["missing"] and reasons["corrupt"] and "no frame" in reasons["late"]
+    assert check_videos(records, decoder=decoder) == []
+
+
+def test_failure_policies(records: list[VideoRecord], broken) -> None:
+    missing, corrupt = broken
+    mixed = [records[0], missing, records[1], corrupt]
+    failures = check_videos(mixed)
+    assert apply_failure_policy(mixed, failures, "skip", "msrvtt/test") == [records[0], records[1]]
+    assert apply_failure_policy(mixed, [], "error", "msrvtt/test") == mixed
+    with pytest.raises(VideoDecodeError) as info:
+        apply_failure_policy(mixed, failures, "error", "msrvtt/test")
+    message = str(info.value)
+    assert isinstance(info.value, UnreadableVideosError)
+    assert "msrvtt/test" in message and "2 of 4" in message
+    assert str(missing.path) in message and str(corrupt.path) in message
+    with pytest.raises(ValueError, match="policy"):
+        apply_failure_policy(mixed, [], "ignore", "msrvtt/test")
+
+
+def test_failure_error_lists_at_most_ten_files(tmp_path: Path) -> None:
+    gone = [VideoRecord(f"g{k}", tmp_path / f"gone{k:02d}.mp4", ()) for k in range(13)]
+    with pytest.raises(UnreadableVideosError) as info:
+        apply_failure_policy(gone, check_videos(gone), "error", "didemo/val")
+    message = str(info.value)
+    assert "13 of 13" in message and "and 3 more" in message and "didemo/val" in message
+    assert "gone09.mp4" in message and "gone10.mp4" not in message
+    again = pickle.loads(pickle.dumps(info.value))  # crosses process boundaries (Ray, DataLoader workers)
+    assert str(again) == message and again.failures == info.value.failures
+
+
+def test_cache_hit_counts_as_readable(records: list[VideoRecord], tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(records[0].path.read_bytes())
+    record = VideoRecord("clip", clip, ("a",))
+    cache = FrameCache(tmp_path / "cache", T, S)
+    cache.get(record)
+    # Garble the file but keep its size and mtime: the cache still has the clip, the file itself is unreadable.
+    stat = clip.stat()
+    clip.write_bytes(bytes(stat.st_size))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert check_videos([record], frame_cache=cache) == []
+    assert [r for r, _ in check_videos([record])] == [record]

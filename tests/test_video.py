@@ -15,9 +15,13 @@ import torch
 from calm_study.data.video import (
     CLIP_MEAN,
     CLIP_STD,
+    DECODERS,
     VideoDecodeError,
+    normalise_frames,
     preprocess_frames,
+    probe_video,
     read_video,
+    resize_crop_frames,
     sample_frame_indices,
 )
 
@@ -108,9 +112,10 @@ def test_sample_frame_indices_rejects_bad_sizes(n: int, t: int) -> None:
 # ---------------------------------------------------------------- read_video
 
 
-def test_read_video_returns_the_sampled_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_read_video_returns_the_sampled_frames(tmp_path: Path, decoder: str) -> None:
     path = write_mp4(tmp_path / "ten.mp4", solid_video(PALETTE))
-    frames, mask = read_video(path, 5)
+    frames, mask = read_video(path, 5, decoder=decoder)
     assert frames.shape == (5, 48, 64, 3) and frames.dtype == torch.uint8
     assert mask.dtype == torch.bool and mask.tolist() == [True] * 5
     for j, k in enumerate(sample_frame_indices(10, 5)):  # [0, 2, 4, 6, 8]
@@ -118,17 +123,19 @@ def test_read_video_returns_the_sampled_frames(tmp_path: Path) -> None:
         assert torch.allclose(mean, torch.tensor(PALETTE[k], dtype=torch.float32), atol=12), (j, k, mean)
 
 
-def test_read_video_all_frames_when_t_equals_n(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_read_video_all_frames_when_t_equals_n(tmp_path: Path, decoder: str) -> None:
     path = write_mp4(tmp_path / "ten.mp4", solid_video(PALETTE))
-    frames, mask = read_video(str(path), 10)  # str paths work too
+    frames, mask = read_video(str(path), 10, decoder=decoder)  # str paths work too
     assert mask.all()
     means = frames.reshape(10, -1, 3).float().mean(1)  # (10, 3)
     assert torch.allclose(means, torch.tensor(PALETTE, dtype=torch.float32), atol=12)
 
 
-def test_read_video_pads_short_videos_with_last_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_read_video_pads_short_videos_with_last_frame(tmp_path: Path, decoder: str) -> None:
     path = write_mp4(tmp_path / "three.mp4", solid_video(PALETTE[:3], height=32, width=40))
-    frames, mask = read_video(path, 8)
+    frames, mask = read_video(path, 8, decoder=decoder)
     assert frames.shape == (8, 32, 40, 3)
     assert mask.tolist() == [True] * 3 + [False] * 5
     for k in range(3, 8):
@@ -138,26 +145,29 @@ def test_read_video_pads_short_videos_with_last_frame(tmp_path: Path) -> None:
         assert torch.allclose(mean, torch.tensor(PALETTE[k], dtype=torch.float32), atol=12)
 
 
-def test_read_video_single_frame_video(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_read_video_single_frame_video(tmp_path: Path, decoder: str) -> None:
     path = write_mp4(tmp_path / "one.mp4", solid_video(PALETTE[:1]))
-    frames, mask = read_video(path, 4)
+    frames, mask = read_video(path, 4, decoder=decoder)
     assert mask.tolist() == [True, False, False, False]
     assert all(torch.equal(frames[k], frames[0]) for k in range(4))
 
 
-def test_read_video_missing_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_read_video_missing_file(tmp_path: Path, decoder: str) -> None:
     missing = tmp_path / "nope.mp4"
     with pytest.raises(VideoDecodeError, match="not found") as info:
-        read_video(missing, 4)
+        read_video(missing, 4, decoder=decoder)
     assert str(missing) in str(info.value)
     assert info.value.path == str(missing)
 
 
-def test_read_video_corrupt_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_read_video_corrupt_file(tmp_path: Path, decoder: str) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(VideoDecodeError) as info:
-        read_video(corrupt, 4)
+        read_video(corrupt, 4, decoder=decoder)
     assert str(corrupt) in str(info.value)
     assert info.value.reason  # the reason is carried, not just the path
 
@@ -247,3 +257,173 @@ def test_msrvtt_sample_clips_decode_and_preprocess() -> None:
         assert all(torch.equal(frames32[k], frames32[real - 1]) for k in range(real, 32))
         num_padded_at_32 += real < 32
     assert num_padded_at_32 == sum(clip["decoded_frames"] < 32 for clip in info) > 0
+
+
+# ---------------------------------------------------------------- time windows (both decoders)
+
+
+def frame_colours(frames: torch.Tensor) -> list[int]:
+    """Index into PALETTE of each frame's mean colour (the nearest one; lossy coding moves colours a little)."""
+    means = frames.reshape(frames.shape[0], -1, 3).float().mean(1)  # (T, 3)
+    return torch.cdist(means, torch.tensor(PALETTE, dtype=torch.float32)).argmin(1).tolist()
+
+
+@pytest.fixture
+def ten_colours(tmp_path: Path) -> Path:
+    # 10 fps: frame k shows PALETTE[k] during [k / 10, (k + 1) / 10) s.
+    return write_mp4(tmp_path / "ten.mp4", solid_video(PALETTE), fps=10)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("start,end,t,expected", [
+    (0.3, 0.7, 4, [3, 4, 5, 6]),  # a frame starting exactly on `start` is in, one starting on `end` is out
+    (0.3, 0.7, 2, [3, 5]),  # uniform sampling over the 4 window frames: segment midpoints 0 and 2
+    (0.25, 0.75, 4, [3, 4, 5, 6]),  # frames are selected by their start time only
+    (None, 0.3, 3, [0, 1, 2]),
+    (0.6, None, 2, [6, 8]),  # 4 frames (6..9), midpoints 0 and 2
+    (-5.0, 100.0, 5, [0, 2, 4, 6, 8]),  # a window wider than the video is the whole video
+])
+def test_window_selects_frames_inside_it(ten_colours: Path, decoder: str, start, end, t: int,
+                                         expected: list[int]) -> None:
+    frames, mask = read_video(ten_colours, t, start=start, end=end, decoder=decoder)
+    assert mask.all() and frames.shape[0] == t
+    assert frame_colours(frames) == expected
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_window_shorter_than_t_is_padded(ten_colours: Path, decoder: str) -> None:
+    frames, mask = read_video(ten_colours, 6, start=0.2, end=0.5, decoder=decoder)
+    assert mask.tolist() == [True] * 3 + [False] * 3
+    assert frame_colours(frames) == [2, 3, 4, 4, 4, 4]
+    assert all(torch.equal(frames[k], frames[2]) for k in range(3, 6))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("start,end", [(0.33, 0.38), (1.5, None), (0.5, 0.5), (0.7, 0.3)])
+def test_empty_window_raises(ten_colours: Path, decoder: str, start, end) -> None:
+    with pytest.raises(VideoDecodeError, match="no frame") as info:
+        read_video(ten_colours, 4, start=start, end=end, decoder=decoder)
+    assert info.value.path == str(ten_colours)
+
+
+def test_unknown_decoder(ten_colours: Path) -> None:
+    with pytest.raises(ValueError, match="decoder"):
+        read_video(ten_colours, 4, decoder="opencv")
+    with pytest.raises(ValueError, match="decoder"):
+        probe_video(ten_colours, decoder="opencv")
+
+
+# ---------------------------------------------------------------- decord and PyAV agree
+
+
+def write_h264(path: Path, num_frames: int = 75, fps: int = 25, gop: int = 8) -> Path:
+    """A harder case than write_mp4: H.264 with B-frames (pts != dts) and a keyframe every `gop` frames, so PyAV
+    seeks between keyframes. Every frame differs (noise plus a moving bar)."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (num_frames, 48, 64, 3), dtype=np.uint8) // 4 + 60  # (F, H, W, 3)
+    for k in range(num_frames):
+        frames[k, :, (k * 3) % 60:(k * 3) % 60 + 4] = PALETTE[k % len(PALETTE)]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:"
+                          "scenecut=0:bframes=2:b-adapt=0"}
+        for k, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def assert_decoders_agree(path: Path, t: int, start=None, end=None) -> None:
+    a, mask_a = read_video(path, t, start=start, end=end, decoder="decord")
+    b, mask_b = read_video(path, t, start=start, end=end, decoder="pyav")
+    assert torch.equal(mask_a, mask_b), (path.name, t, start, end)
+    assert a.shape == b.shape
+    diff = (a.int() - b.int()).abs()
+    # Both wrap FFmpeg (different builds): decoded pixels may differ by rounding, never by a whole frame.
+    assert diff.float().mean() < 0.5 and diff.max() <= 8, (path.name, t, start, end, diff.max())
+
+
+def test_decoders_agree_on_written_videos(tmp_path: Path) -> None:
+    h264 = write_h264(tmp_path / "h264.mp4")
+    with av.open(str(h264)) as container:  # the file really has B-frames and several keyframes
+        packets = [p for p in container.demux(video=0) if p.size]
+        assert any(p.pts != p.dts for p in packets) and sum(p.is_keyframe for p in packets) >= 8
+    for t, start, end in [(12, None, None), (1, None, None), (75, None, None), (100, None, None),
+                          (12, 0.5, 2.5), (5, 1.0, None), (7, None, 0.9), (3, 2.84, 2.9)]:
+        assert_decoders_agree(h264, t, start, end)
+    # Consecutive frames of this video differ a lot, so agreement above means the same frames were picked.
+    frames, _ = read_video(h264, 75)
+    assert (frames[1:].int() - frames[:-1].int()).abs().float().mean() > 10
+    mpeg4 = write_mp4(tmp_path / "mpeg4.mp4", solid_video(PALETTE * 3))
+    for t, start, end in [(8, None, None), (40, None, None), (4, 1.0, 2.5)]:
+        assert_decoders_agree(mpeg4, t, start, end)
+
+
+def test_decoders_agree_on_msrvtt_clips() -> None:
+    if not (MSRVTT_SAMPLE / "video_info.json").is_file():
+        pytest.skip(f"MSR-VTT sample not found at {MSRVTT_SAMPLE}")
+    info = {clip["file"]: clip for clip in json.loads((MSRVTT_SAMPLE / "video_info.json").read_text())}
+    # 25 fps with B-frames, a 2 fps and a 1 fps clip (the sample's three kinds); T=32 pads the two slow ones.
+    for name in ("video0.mp4", "video24.mp4", "video236.mp4"):
+        path = MSRVTT_SAMPLE / "videos" / name
+        for t, start, end in [(12, None, None), (32, None, None), (12, 2.0, 7.5)]:
+            assert_decoders_agree(path, t, start, end)
+        _, mask = read_video(path, 32, decoder="pyav")
+        assert int(mask.sum()) == min(32, info[name]["decoded_frames"])
+
+
+# ---------------------------------------------------------------- probe_video
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_probe_video(ten_colours: Path, tmp_path: Path, decoder: str) -> None:
+    assert probe_video(ten_colours, decoder=decoder) is None
+    assert probe_video(ten_colours, decoder=decoder, start=0.2, end=0.4) is None
+    assert "no frame" in probe_video(ten_colours, decoder=decoder, start=3.0)
+    assert "not found" in probe_video(tmp_path / "missing.mp4", decoder=decoder)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert "empty" in probe_video(tmp_path / "empty.mp4", decoder=decoder)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert probe_video(corrupt, decoder=decoder)  # some reason, whatever the decoder's words
+
+
+# ---------------------------------------------------------------- resize_crop_frames / normalise_frames
+
+
+def test_resize_crop_is_the_float_pipeline_rounded() -> None:
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (2, 30, 52, 3), dtype=np.uint8))
+    small = resize_crop_frames(frames, 16)
+    assert small.shape == (2, 16, 16, 3) and small.dtype == torch.uint8
+    # The float pipeline it rounds: resize in [0, 1] (bicubic, antialiased), clamp, centre crop.
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    x = frames.permute(0, 3, 1, 2).float() / 255
+    x = TF.center_crop(TF.resize(x, [16], interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1), [16])
+    assert (small.permute(0, 3, 1, 2).float() / 255 - x).abs().max() <= 0.5 / 255 + 1e-5
+    assert torch.equal(normalise_frames(small), preprocess_frames(frames, 16))
+
+
+def test_pyav_without_seeking_gives_the_same_frames(tmp_path: Path) -> None:
+    # The fallback PyAV takes when a demuxer's seek overshoots: decode from the beginning, no seeks at all.
+    from calm_study.data.video import _decode_targets, _PyAVIndex
+
+    path = write_h264(tmp_path / "h264.mp4")
+    for t in (3, 12):
+        decoded = []
+        for seek in (True, False):
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                index = _PyAVIndex(container, stream)
+                targets = [index.pts[k] for k in sample_frame_indices(len(index.pts), t)]
+                if not seek:  # the fallback runs on a fresh container, positioned at the start
+                    container.seek(0, stream=stream, backward=True)
+                decoded.append(np.stack(_decode_targets(container, stream, index, targets, seek=seek)))
+        assert np.array_equal(decoded[0], decoded[1])

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
 
-from calm_study.data.video import CLIP_MEAN, CLIP_STD, preprocess_frames, read_video
+from calm_study.data.video import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DECODERS,
+    VideoDecodeError,
+    normalise_frames,
+    preprocess_frames,
+    probe_video,
+    read_video,
+)
+from calm_study.progress import say
+
+if TYPE_CHECKING:  # frame_cache imports this module (VideoRecord)
+    from calm_study.data.frame_cache import FrameCache
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel
+FAILURE_POLICIES = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -31,33 +48,52 @@ class VideoRecord:
         object.__setattr__(self, "captions", tuple(self.captions))
 
 
-def _load_clip(record: VideoRecord, num_frames: int, image_size: int, norm: Normalisation
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    frames, mask = read_video(record.path, num_frames)  # (T, H, W, 3) uint8, (T,) bool
-    return preprocess_frames(frames, image_size, *norm), mask  # (T, 3, S, S) float32, (T,) bool
+class _ClipLoader:
+    """Frames of one record as model input, through the frame cache when there is one. Shared by both datasets."""
 
+    def __init__(self, num_frames: int, image_size: int, normalisation: Normalisation, decoder: str,
+                 frame_cache: FrameCache | None) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; valid decoders: {', '.join(DECODERS)}")
+        if frame_cache is not None and (frame_cache.num_frames, frame_cache.image_size) != (num_frames, image_size):
+            raise ValueError(f"frame cache holds T={frame_cache.num_frames}, S={frame_cache.image_size} clips but the "
+                             f"dataset wants T={num_frames}, S={image_size}")
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.normalisation = normalisation
+        self.decoder = decoder
+        self.frame_cache = frame_cache
 
-def _check_sizes(num_frames: int, image_size: int) -> None:
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    def __call__(self, record: VideoRecord) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frame_cache is not None:
+            frames, mask = self.frame_cache.get(record)  # (T, S, S, 3) uint8, already resized and cropped
+            return normalise_frames(frames, *self.normalisation), mask  # (T, 3, S, S) float32, (T,) bool
+        frames, mask = read_video(record.path, self.num_frames, start=record.start, end=record.end,
+                                  decoder=self.decoder)  # (T, H, W, 3) uint8, (T,) bool
+        return preprocess_frames(frames, self.image_size, *self.normalisation), mask  # (T, 3, S, S), (T,)
 
 
 class TrainPairs(Dataset):
     """One item per (video, caption) pair, covering every caption of every video (len == total captions).
 
     A video with k captions is decoded k times per epoch; that keeps every caption in play, which is what the
-    contrastive objective needs, and the decode cost is what caching layers elsewhere are for.
+    contrastive objective needs; pass a FrameCache to pay the decode cost once instead of every time.
     """
 
     def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
-                 normalisation: Normalisation = (CLIP_MEAN, CLIP_STD)) -> None:
-        _check_sizes(num_frames, image_size)
+                 normalisation: Normalisation = (CLIP_MEAN, CLIP_STD), *, decoder: str = "decord",
+                 frame_cache: FrameCache | None = None) -> None:
+        self._load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)
         self.records = list(records)
         self.num_frames = num_frames
         self.image_size = image_size
         self.normalisation = normalisation
+        self.decoder = decoder
+        self.frame_cache = frame_cache
         # (video index, caption) in record order, captions in their stored order.
         self.pairs: list[tuple[int, str]] = [
             (video_index, caption) for video_index, record in enumerate(self.records) for caption in record.captions
@@ -68,7 +104,7 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video_index, caption = self.pairs[i]
-        frames, mask = _load_clip(self.records[video_index], self.num_frames, self.image_size, self.normalisation)
+        frames, mask = self._load(self.records[video_index])
         return {"frames": frames, "mask": mask, "caption": caption, "video_index": video_index}
 
 
@@ -80,12 +116,15 @@ class EvalVideos(Dataset):
     """
 
     def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
-                 normalisation: Normalisation = (CLIP_MEAN, CLIP_STD)) -> None:
-        _check_sizes(num_frames, image_size)
+                 normalisation: Normalisation = (CLIP_MEAN, CLIP_STD), *, decoder: str = "decord",
+                 frame_cache: FrameCache | None = None) -> None:
+        self._load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)
         self.records = list(records)
         self.num_frames = num_frames
         self.image_size = image_size
         self.normalisation = normalisation
+        self.decoder = decoder
+        self.frame_cache = frame_cache
         self.texts: list[str] = []
         self.text_to_video: list[int] = []
         for video_index, record in enumerate(self.records):
@@ -99,7 +138,7 @@ class EvalVideos(Dataset):
         if not -len(self.records) <= i < len(self.records):
             raise IndexError(f"video index {i} out of range for {len(self.records)} videos")
         i = i % len(self.records)
-        frames, mask = _load_clip(self.records[i], self.num_frames, self.image_size, self.normalisation)
+        frames, mask = self._load(self.records[i])
         return {"frames": frames, "mask": mask, "video_index": i}
 
 
@@ -118,3 +157,66 @@ def collate(batch: list[dict]) -> dict:
     if "caption" in batch[0]:
         out["captions"] = [item["caption"] for item in batch]
     return out
+
+
+class UnreadableVideosError(VideoDecodeError):
+    """Some videos of a data source cannot be read (failure policy "error"). ``failures``: [(path, reason)]."""
+
+    def __init__(self, source: str, failures: list[tuple[str, str]], total: int) -> None:
+        self.source = source
+        self.failures = failures
+        self.total = total
+        shown = "\n".join(f"  {path}: {reason}" for path, reason in failures[:10])
+        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+        message = (f"{len(failures)} of {total} videos of {source} cannot be read:\n{shown}{more}\n"
+                   f"Fix or remove them, or use the 'skip' failure policy to go on without them.")
+        RuntimeError.__init__(self, message)  # not VideoDecodeError's "cannot decode video <path>: ..." wording
+        self.path = failures[0][0] if failures else ""
+        self.reason = message
+
+    def __reduce__(self):
+        return (type(self), (self.source, self.failures, self.total))
+
+
+def check_videos(records: Sequence[VideoRecord], *, decoder: str = "decord", frame_cache: FrameCache | None = None,
+                 workers: int = 4, progress: bool = False) -> list[tuple[VideoRecord, str]]:
+    """The records that cannot be read and why, in record order.
+
+    A record is readable when the frame cache already holds its clip, or when probe_video finds that its file opens
+    and has a decodable frame in the record's window. Probing runs in a thread pool: it is mostly file I/O and the
+    decoders' C code, which does not hold the GIL.
+    """
+    records = list(records)
+
+    def reason(record: VideoRecord) -> str | None:
+        if frame_cache is not None and frame_cache.contains(record):
+            return None
+        return probe_video(record.path, decoder=decoder, start=record.start, end=record.end)
+
+    reasons: list[str | None] = [None] * len(records)
+    start = last = time.perf_counter()
+    with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(reason, record): i for i, record in enumerate(records)}
+        for done, future in enumerate(cf.as_completed(futures), 1):
+            reasons[futures[future]] = future.result()
+            now = time.perf_counter()
+            if progress and (now - last >= 5.0 or done == len(records)):
+                last = now
+                bad = sum(r is not None for r in reasons)
+                say(f"checking videos: {done}/{len(records)}, {done / max(now - start, 1e-9):.0f}/s, {bad} unreadable")
+    return [(record, why) for record, why in zip(records, reasons) if why is not None]
+
+
+def apply_failure_policy(records: Sequence[VideoRecord], failures: Sequence[tuple[VideoRecord, str]], policy: str,
+                         source: str) -> list[VideoRecord]:
+    """Act on check_videos' ``failures`` among ``records`` (read from ``source``, which the error names).
+
+    "error": raise UnreadableVideosError (a VideoDecodeError) listing up to 10 files and the count, if any failed;
+    "skip": return the records without the failed ones (the caller logs and counts them).
+    """
+    if policy not in FAILURE_POLICIES:
+        raise ValueError(f"unknown failure policy {policy!r}; valid policies: {', '.join(FAILURE_POLICIES)}")
+    if policy == "error" and failures:
+        raise UnreadableVideosError(source, [(str(record.path), why) for record, why in failures], len(records))
+    failed = {record for record, _ in failures}
+    return [record for record in records if record not in failed]

@@ -1,11 +1,13 @@
-"""From a config's dataset reference to video records: the one place that knows which datasets exist."""
+"""From a config's dataset reference to readable video records: the one place that knows which datasets exist."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from calm_study.config import DataConfig, DatasetRef
-from calm_study.data.dataset import VideoRecord
+from calm_study.data.dataset import VideoRecord, apply_failure_policy, check_videos
+from calm_study.data.frame_cache import FrameCache
+from calm_study.data.readers import read_dataset
 from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
 
 
@@ -18,11 +20,34 @@ def synthetic_dir(cfg: DataConfig) -> Path:
 
 
 def load_records(ref: DatasetRef, cfg: DataConfig) -> list[VideoRecord]:
-    """The videos (with captions) of one dataset split."""
+    """The videos (with captions) of one dataset split, as its annotation files list them."""
     if ref.dataset == "synthetic":
         records = load_synthetic_split(synthetic_dir(cfg), ref.domain, ref.split)
     else:
-        raise ValueError(f"unknown dataset {ref.dataset!r}; valid: synthetic")
+        root = cfg.roots.get(ref.dataset)
+        if not root:
+            raise ValueError(f"data.roots.{ref.dataset} is not set; it is needed for {ref.label!r}")
+        if not Path(root).expanduser().is_dir():
+            raise FileNotFoundError(f"data.roots.{ref.dataset}: the folder {root!r} does not exist (needed for "
+                                    f"{ref.label!r}); set it to the dataset's root, e.g. --set data.roots."
+                                    f"{ref.dataset}=/data/{ref.dataset}")
+        records = read_dataset(ref.dataset, Path(root).expanduser(), ref.split, cfg.video_dirs.get(ref.dataset))
     if not records:
-        raise ValueError(f"dataset {ref.label!r} ({ref.dataset}, {ref.domain}, {ref.split}) has no videos")
+        raise ValueError(f"dataset {ref.label!r} ({ref.dataset}, split {ref.split}) has no videos")
     return records
+
+
+def frame_cache(cfg: DataConfig, num_frames: int, image_size: int) -> FrameCache | None:
+    """The study's decoded-frame cache, or None when data.frame_cache is empty."""
+    if not cfg.frame_cache:
+        return None
+    return FrameCache(Path(cfg.frame_cache).expanduser(), num_frames, image_size, decoder=cfg.decoder)
+
+
+def load_readable_records(ref: DatasetRef, cfg: DataConfig, cache: FrameCache | None
+                          ) -> tuple[list[VideoRecord], list[tuple[VideoRecord, str]]]:
+    """(records that can be read, the failures) under data.on_error: `error` raises naming the files, `skip` drops
+    them (the caller logs and counts them)."""
+    records = load_records(ref, cfg)
+    failures = check_videos(records, decoder=cfg.decoder, frame_cache=cache)
+    return apply_failure_policy(records, failures, cfg.on_error, ref.label), failures

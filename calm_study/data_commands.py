@@ -1,0 +1,112 @@
+"""`python -m calm_study data {check,cache,bench}`: look at a study's data before a long run starts."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import open_clip
+import torch
+
+from calm_study.config import DataConfig, DatasetRef, TrialConfig
+from calm_study.configio import ConfigError
+from calm_study.data.bench import bench_decoding
+from calm_study.data.dataset import VideoRecord, check_videos
+from calm_study.data.readers import SPLITS, list_datasets
+from calm_study.data.sources import frame_cache, load_records
+from calm_study.models.backbone import register_tiny_models
+from calm_study.progress import say
+from calm_study.study import expand, load_study
+
+DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
+
+
+def image_size(arch: str) -> int:
+    """The input resolution of an open_clip architecture, without building the model."""
+    register_tiny_models()
+    size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def study_datasets(path: str, preset: str | None, sets: list[str]) -> list[DataSet]:
+    """Every distinct dataset split a study reads (training and evaluation), with what decoding it needs."""
+    seen: dict[tuple, DataSet] = {}
+    for trial in expand(load_study(path, preset, sets)):
+        cfg: TrialConfig = trial.config
+        size = image_size(cfg.model.clip)
+        for ref in (cfg.data.train, *cfg.data.eval):
+            plain = replace(ref, name="")
+            key = (plain, repr(cfg.data.roots), cfg.data.cache_dir, cfg.data.num_frames, size)
+            seen.setdefault(key, (plain, cfg.data, cfg.data.num_frames, size))
+    return list(seen.values())
+
+
+def named_datasets(name: str, root: str | None, split: str | None, num_frames: int, size: int) -> list[DataSet]:
+    """The splits of one dataset given by name (`data check msrvtt --root /data/MSRVTT`)."""
+    if name not in list_datasets():
+        raise ConfigError(name, [f"neither a study file nor a dataset; datasets: {', '.join(list_datasets())}"])
+    if not root:
+        raise ConfigError(name, [f"--root is needed: the folder that holds the {name} annotation files"])
+    data = DataConfig(roots={name: root})
+    return [(DatasetRef(dataset=name, split=s), data, num_frames, size) for s in ([split] if split else SPLITS[name])]
+
+
+def folder_datasets(folder: str, num_frames: int, size: int) -> tuple[list, int, int]:
+    """The video files of a folder, for `data bench FOLDER`."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm", ".mov"))
+    if not files:
+        raise ConfigError(folder, ["no video files (.mp4, .avi, .mkv, .webm, .mov) in this folder"])
+    return [VideoRecord(p.stem, p, ()) for p in files], num_frames, size
+
+
+def check(datasets: list[DataSet]) -> int:
+    """Print what is missing or unreadable in each split; returns the number of problems."""
+    problems = 0
+    for ref, data, num_frames, size in datasets:
+        try:
+            records = load_records(ref, data)
+        except (OSError, ValueError) as e:
+            say(f"{ref.label}: cannot read the annotations: {e}")
+            problems += 1
+            continue
+        failures = check_videos(records, decoder=data.decoder, frame_cache=frame_cache(data, num_frames, size),
+                                progress=True)
+        say(f"{ref.label}: {len(records)} videos, {sum(len(r.captions) for r in records)} captions, "
+            f"{len(failures)} missing or unreadable")
+        for record, reason in failures[:20]:
+            say(f"  {record.path}: {reason}")
+        if len(failures) > 20:
+            say(f"  ... and {len(failures) - 20} more")
+        problems += len(failures)
+    return problems
+
+
+def fill_cache(datasets: list[DataSet], workers: int) -> int:
+    """Decode every video of the study into its frame cache; returns the number of failures."""
+    failed = 0
+    for ref, data, num_frames, size in datasets:
+        cache = frame_cache(data, num_frames, size)
+        if cache is None:
+            raise ConfigError(ref.label, ["data.frame_cache is empty: set the cache folder, e.g. "
+                                          "--set data.frame_cache=/scratch/calm_frames"])
+        summary = cache.fill(load_records(ref, data), workers=workers, progress=True)
+        say(f"{ref.label}: {summary['cached']} already cached, {summary['decoded']} decoded, "
+            f"{len(summary['failed'])} failed")
+        for video_id, path, reason in summary["failed"][:20]:
+            say(f"  {video_id} ({path}): {reason}")
+        failed += len(summary["failed"])
+    return failed
+
+
+def bench(records: list[VideoRecord], num_frames: int, size: int, decoder: str, label: str) -> dict:
+    """Clips/s decoding `records` without the frame cache, filling a fresh cache, and reading it warm."""
+    torch.set_num_threads(1)  # single-core rates: comparable between machines and with DataLoader workers
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench_decoding(records, num_frames, size, tmp, decoder=decoder)
+    print(f"{label}: {result['clips']} clips, T={num_frames}, {size}x{size}, decoder {decoder}"
+          + (f", {len(result['failed'])} unreadable" if result.get("failed") else ""))
+    print(f"  decode (no cache):  {result['decode_clips_per_s']:8.1f} clips/s")
+    print(f"  fill the cache:     {result['fill_clips_per_s']:8.1f} clips/s")
+    print(f"  read (warm cache):  {result['cached_clips_per_s']:8.1f} clips/s  ({result['speedup']:.1f}x decode)")
+    return result
