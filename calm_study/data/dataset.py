@@ -87,13 +87,8 @@ class TrainPairs(Dataset):
     def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
                  normalisation: Normalisation = (CLIP_MEAN, CLIP_STD), *, decoder: str = "decord",
                  frame_cache: FrameCache | None = None) -> None:
-        self._load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)
+        self.load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)  # T, S, decoder, cache
         self.records = list(records)
-        self.num_frames = num_frames
-        self.image_size = image_size
-        self.normalisation = normalisation
-        self.decoder = decoder
-        self.frame_cache = frame_cache
         # (video index, caption) in record order, captions in their stored order.
         self.pairs: list[tuple[int, str]] = [
             (video_index, caption) for video_index, record in enumerate(self.records) for caption in record.captions
@@ -104,7 +99,7 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video_index, caption = self.pairs[i]
-        frames, mask = self._load(self.records[video_index])
+        frames, mask = self.load(self.records[video_index])
         return {"frames": frames, "mask": mask, "caption": caption, "video_index": video_index}
 
 
@@ -118,13 +113,8 @@ class EvalVideos(Dataset):
     def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
                  normalisation: Normalisation = (CLIP_MEAN, CLIP_STD), *, decoder: str = "decord",
                  frame_cache: FrameCache | None = None) -> None:
-        self._load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)
+        self.load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)  # T, S, decoder, cache
         self.records = list(records)
-        self.num_frames = num_frames
-        self.image_size = image_size
-        self.normalisation = normalisation
-        self.decoder = decoder
-        self.frame_cache = frame_cache
         self.texts: list[str] = []
         self.text_to_video: list[int] = []
         for video_index, record in enumerate(self.records):
@@ -138,7 +128,7 @@ class EvalVideos(Dataset):
         if not -len(self.records) <= i < len(self.records):
             raise IndexError(f"video index {i} out of range for {len(self.records)} videos")
         i = i % len(self.records)
-        frames, mask = self._load(self.records[i])
+        frames, mask = self.load(self.records[i])
         return {"frames": frames, "mask": mask, "video_index": i}
 
 
