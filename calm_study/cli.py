@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from calm_study.configio import ConfigError, load_yaml
+from calm_study.study_state import StudyStateError
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -48,16 +49,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from calm_study.ray_runner import run_study
-    from calm_study.study import load_study
+    from calm_study.study import expand, load_study
+    from calm_study.study_state import describe
 
     study = load_study(args.study, args.preset, args.sets)
-    path, statuses = run_study(study, address=args.address)
+    path, status = run_study(study, address=args.address, fresh=args.fresh)
     df = pd.read_parquet(path)
     _print_summary(df, study)
-    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
-    print(f"trials: {', '.join(f'{n} {s}' for s, n in counts.items())}")
+    print(describe(study, expand(study), status))
     print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r})")
-    return 0 if set(statuses.values()) == {"completed"} else 1
+    return 0 if set(status.statuses.values()) == {"completed"} else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Where a study stands, from its files alone (works while it runs, after it ended, without Ray)."""
+    from calm_study.study import expand, load_study
+    from calm_study.study_state import describe, study_status
+
+    study = load_study(args.study, args.preset, args.sets)
+    trials = expand(study)
+    status = study_status(study, trials)
+    print(describe(study, trials, status))
+    for t in trials:
+        print(f"  {t.key}  {status.statuses[t.key]:<10} epochs {status.epochs_done[t.key]}/{t.config.train.epochs}  "
+              f"{json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -124,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a study with Ray Tune; results go to results/<study>/")
     _study_args(p)
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
+    p.add_argument("--fresh", action="store_true",
+                   help="archive an earlier run of this study (storage and results moved aside) and start again")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="trials done, running, pending and failed, and the best result so far")
+    _study_args(p)
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("validate", help="check a study file and list its trials, without running anything")
     _study_args(p)
     p.set_defaults(func=cmd_validate)
@@ -164,6 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, StudyStateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,12 +24,19 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import absolute_paths, trial_from_dict, trial_to_dict
 from calm_study.progress import say
-from calm_study.results import METRIC_LOG, build_results, read_metric_log, results_path, write_parquet_atomic
+from calm_study.results import METRIC_LOG, results_path
 from calm_study.study import Study, Trial, expand, metric_key
+from calm_study.study_state import (
+    StudyStatus,
+    archive,
+    check_same_study,
+    check_writable,
+    study_paths,
+    write_study_results,
+)
 from calm_study.train import fit
 
 DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
-TRAIN_MAX_FAILURES = 1  # worker-group retries (infrastructure faults) per trial; each resumes from its checkpoint
 
 
 class EpochLog(ray.train.UserCallback):
@@ -81,7 +88,7 @@ def _driver(config: dict) -> None:
         name=name, storage_path=rt["train_storage"],
         callbacks=[EpochLog(os.path.join(rt["train_storage"], name)), TuneReportCallback()],  # log first (notes §5)
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        failure_config=ray.train.FailureConfig(max_failures=TRAIN_MAX_FAILURES),
+        failure_config=ray.train.FailureConfig(max_failures=rt["train_retries"]),
     )
     gpus = rt["gpus_per_worker"]
     per_worker = {"CPU": rt["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
@@ -101,60 +108,28 @@ def _max_concurrent(study: Study) -> int:
     return max(1, math.floor(total.get("CPU", 1) / (r.cpus_per_worker * r.num_workers + DRIVER_CPUS)))
 
 
-def study_paths(study: Study) -> tuple[Path, Path]:
-    """(Tune experiment folder, Train storage folder) of a study."""
-    root = Path(study.storage).expanduser().resolve() / study.name
-    return root / "tune", root / "train"
-
-
 def param_space(study: Study, trials: list[Trial]) -> dict:
     tune_dir, train_dir = study_paths(study)
     r = study.resources
     runtime = {"train_storage": str(train_dir), "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
-               "gpus_per_worker": r.gpus_per_worker}
+               "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries}
     return {"trial": ray.tune.grid_search([{"key": t.key, "arm_id": t.arm_id, "seed": t.seed,
                                             "trial": trial_to_dict(absolute_paths(t.config))} for t in trials]),
             "runtime": runtime}
 
 
-def _check_same_study(tune_dir: Path, trials: list[Trial]) -> None:
-    """Refuse to resume a study whose file changed the set of trials since it started."""
-    manifest = tune_dir.parent / "trials.json"
-    keys = sorted(t.key for t in trials)
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old != keys:
-            added, removed = sorted(set(keys) - set(old)), sorted(set(old) - set(keys))
-            raise RuntimeError(
-                f"the study in {tune_dir.parent} was started with different trials (now adds {added or 'none'}, "
-                f"drops {removed or 'none'}); restore the original study file or give the study a new name")
-    else:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps(keys))
+def run_study(study: Study, address: str | None = None, fresh: bool = False) -> tuple[Path, StudyStatus]:
+    """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
-
-def write_study_results(study: Study, trials: list[Trial], statuses: dict[str, str] | None = None,
-                        trial_ids: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
-    """Build the Parquet from every trial's metric log and write it atomically; returns (its path, trial statuses)."""
-    _, train_dir = study_paths(study)
-    logs = {t.key: read_metric_log(train_dir / f"train-{t.key}" / METRIC_LOG) for t in trials}
-    statuses = dict(statuses or {})
-    for t in trials:
-        log = logs[t.key]
-        if t.key not in statuses or statuses[t.key] == "completed":
-            last = log[-1] if log else {}
-            statuses[t.key] = ("diverged" if last.get("status") == "diverged" else
-                               "completed" if last.get("epoch") == t.config.train.epochs else
-                               "incomplete" if log else "pending")
-    df = build_results(study, trials, logs, statuses, trial_ids)
-    return write_parquet_atomic(df, results_path(study)), statuses
-
-
-def run_study(study: Study, address: str | None = None) -> tuple[Path, dict[str, str]]:
-    """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, status of each trial)."""
+    fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
+    """
     trials = expand(study)
     tune_dir, train_dir = study_paths(study)
-    _check_same_study(tune_dir, trials)
+    if fresh and (target := archive(study)):
+        say(f"archived the earlier run of {study.name} to {target}")
+    check_writable(tune_dir.parent, "storage")
+    check_writable(results_path(study).parent, "results_dir")
+    check_same_study(study, trials)
     if not ray.is_initialized():
         # The dashboard (bound to localhost) keeps the State API up, which Train V2 needs to free the placement groups
         # of stopped trials (notes §9).
@@ -171,13 +146,9 @@ def run_study(study: Study, address: str | None = None) -> tuple[Path, dict[str,
                                             trial_dirname_creator=lambda trial: trial.config["trial"]["key"]),
             # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
             run_config=ray.tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), verbose=0,
-                                          failure_config=ray.tune.FailureConfig(max_failures=1)),
+                                          failure_config=ray.tune.FailureConfig(
+                                              max_failures=study.failures.trial_retries)),
         )
     grid = tuner.fit()
-    statuses, trial_ids = {}, {}
-    for result in grid:
-        key = result.config["trial"]["key"]
-        trial_ids[key] = str((result.metrics or {}).get("trial_id", ""))
-        if result.error is not None:
-            statuses[key] = "error"
-    return write_study_results(study, trials, statuses, trial_ids)
+    trial_ids = {r.config["trial"]["key"]: str((r.metrics or {}).get("trial_id", "")) for r in grid}
+    return write_study_results(study, trials, trial_ids)

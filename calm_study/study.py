@@ -57,6 +57,12 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class FailureSpec:
+    train_retries: int = 1  # restarts of a trial's worker group after a worker dies (from its last checkpoint)
+    trial_retries: int = 1  # restarts of a whole trial after its driver fails or its node is lost (same checkpoint)
+
+
+@dataclass(frozen=True)
 class Study:
     name: str = ""  # study name: names the storage folder and results/<name>/
     description: str = ""
@@ -65,6 +71,7 @@ class Study:
     seeds: tuple[int, ...] = (0,)  # each arm runs once per seed (train.seed)
     metric: MetricSpec = field(default_factory=MetricSpec)
     resources: Resources = field(default_factory=Resources)
+    failures: FailureSpec = field(default_factory=FailureSpec)  # infrastructure faults; NaN losses are never retried
     storage: str = "runs"  # Ray storage for the Tune experiment, Train checkpoints and metric logs
     results_dir: str = "results"  # Parquet goes to <results_dir>/<name>/
     presets: dict[str, Any] = field(default_factory=dict)  # name -> partial study document (merged by --preset)
@@ -152,6 +159,8 @@ def _check_study(s: Study) -> list[str]:
     r = s.resources
     if r.num_workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0 or r.max_concurrent < 0:
         errs.append("resources: num_workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0, max_concurrent >= 0")
+    if s.failures.train_retries < -1 or s.failures.trial_retries < -1:
+        errs.append("failures: train_retries and trial_retries must be >= 0 (or -1 = without limit)")
     if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
         errs.append("resources.gpus_per_worker: a fraction of a GPU is only allowed with num_workers 1 (two ranks of "
                     "one trial could land on the same GPU)")
