@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 RECALL_KS = (1, 5, 10)
+METRIC_NAMES = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR"))
 
 
 def _summary(ranks: np.ndarray, prefix: str) -> dict[str, float]:

@@ -131,9 +131,12 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     check_writable(results_path(study).parent, "results_dir")
     check_same_study(study, trials)
     if not ray.is_initialized():
-        # The dashboard (bound to localhost) keeps the State API up, which Train V2 needs to free the placement groups
-        # of stopped trials (notes §9).
-        ray.init(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        if address:  # a running cluster: its dashboard and State API are the cluster's own (start it with them on)
+            ray.init(address=address, log_to_driver=True)
+        else:
+            # The dashboard keeps the State API up, which Train V2 needs to free the placement groups of stopped
+            # trials (notes §9); it also serves the jobs API, so it stays bound to localhost.
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     trainable = ray.tune.with_resources(_driver, {"cpu": DRIVER_CPUS})
     if ray.tune.Tuner.can_restore(str(tune_dir)):
         say(f"resuming study {study.name} from {tune_dir}")

@@ -33,6 +33,7 @@ from calm_study.configio import (
     set_path,
     to_dict,
 )
+from calm_study.metrics import METRIC_NAMES
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,6 @@ class Trial:
         return f"{self.arm_id}-s{self.seed}"
 
 
-METRIC_NAMES = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR")]
 STUDY_KEYS = [f.name for f in Study.__dataclass_fields__.values()]
 
 

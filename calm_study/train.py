@@ -27,6 +27,7 @@ from calm_study.data.dataset import EvalVideos, TrainPairs, collate
 from calm_study.data.sources import frame_cache, load_readable_records
 from calm_study.evaluate import evaluate
 from calm_study.losses import compute_losses
+from calm_study.metrics import METRIC_NAMES
 from calm_study.models.calm import CALMModel, build_model
 from calm_study.progress import say
 
@@ -167,6 +168,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         if not finite:
             # A diverged trial stops here and says so; raising would make Ray retry into the same NaN.
             metrics["status"] = "diverged"
+            # The same keys as every other epoch (NaN: not evaluated), so result consumers see one schema.
+            metrics.update({f"eval/{ref.label}/{k}": float("nan") for ref in d.eval for k in METRIC_NAMES})
             log(f"epoch {epoch + 1}: loss is not finite at step {step + 1}; the trial stops")
             report(metrics, None)
             return metrics

@@ -1,0 +1,168 @@
+"""Real processes, real Ray: kill the driver, kill a worker, a diverging trial, a cluster that loses a node."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def write_study(tmp_path, data_cache, name, epochs=3, combinations=None, **extra):
+    from .conftest import TINY
+
+    base = json.loads(json.dumps(TINY))
+    base["data"]["cache_dir"] = str(data_cache)
+    base["train"]["epochs"] = epochs
+    study = {"name": name, "base": base, "seeds": [0],
+             "search": {"combinations": combinations or [{"anchors.count": 0, "loss.align": "none"},
+                                                         {"anchors.count": 20}]},
+             "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
+             "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"), **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def ray_tmp(tmp_path) -> str:
+    """A short Ray temp folder of this test's own (Ray's socket paths must stay under 107 bytes)."""
+    marker = tmp_path / "ray_tmp"
+    if not marker.exists():
+        marker.write_text(tempfile.mkdtemp(prefix="calm-ray-", dir="/tmp"))
+    return marker.read_text()
+
+
+def start(path, tmp_path, *args):
+    """`python -m calm_study run` in its own session (so the whole process tree can be killed), Ray in its own tmp."""
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp(tmp_path)}
+    log = open(tmp_path / f"run-{time.time_ns()}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "calm_study", "run", str(path), *args], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path = log.name
+    return proc
+
+
+def finish(proc, timeout=600):
+    proc.wait(timeout=timeout)
+    return Path(proc.log_path).read_text()
+
+
+def kill_tree(proc, tmp_path):
+    """SIGKILL the driver's session, then any Ray process of this test that escaped it (notes §7)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", ray_tmp(tmp_path)], check=False)
+    time.sleep(2)
+
+
+def epoch_lines(tmp_path, name):
+    """{trial key: [logged epochs]} from the durable per-epoch logs."""
+    out = {}
+    for log in (tmp_path / "runs" / name / "train").glob("train-*/metrics.jsonl"):
+        out[log.parent.name[len("train-"):]] = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    return out
+
+
+def wait_for(condition, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise TimeoutError("condition not reached")
+
+
+def check_complete(tmp_path, name, trials, epochs):
+    df = pd.read_parquet(tmp_path / "results" / name)
+    assert len(df) == trials * epochs  # one evaluation set
+    assert not df.duplicated(["arm_id", "seed", "epoch", "eval_set"]).any()
+    assert set(df.status) == {"completed"}
+    return df
+
+
+def test_driver_sigkill_mid_epoch_then_rerun_resumes(tmp_path, data_cache):
+    path = write_study(tmp_path, data_cache, "killed", epochs=4)
+    proc = start(path, tmp_path)
+    wait_for(lambda: any(len(e) >= 1 for e in epoch_lines(tmp_path, "killed").values()))
+    kill_tree(proc, tmp_path)
+    before = epoch_lines(tmp_path, "killed")
+    assert all(len(e) < 4 for e in before.values())  # killed mid-study
+
+    proc = start(path, tmp_path)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming study killed" in out and "resumed from" in out
+    after = epoch_lines(tmp_path, "killed")
+    for key, epochs in after.items():
+        assert epochs == [1, 2, 3, 4], (key, epochs)  # every epoch logged once: no finished epoch trained twice
+        assert epochs[:len(before.get(key, []))] == before.get(key, [])
+    check_complete(tmp_path, "killed", trials=2, epochs=4)
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, data_cache):
+    path = write_study(tmp_path, data_cache, "worker", epochs=4, combinations=[{"anchors.count": 20}])
+    proc = start(path, tmp_path)
+    wait_for(lambda: any(len(e) >= 1 for e in epoch_lines(tmp_path, "worker").values()))
+    workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    assert workers, "no Ray Train worker process found"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed from" in out  # the new worker group started from the last checkpoint, not from scratch
+    assert list(epoch_lines(tmp_path, "worker").values()) == [[1, 2, 3, 4]]
+    check_complete(tmp_path, "worker", trials=1, epochs=4)
+
+
+def test_a_diverging_trial_ends_diverged_while_the_others_finish(tmp_path, data_cache):
+    path = write_study(tmp_path, data_cache, "nan", epochs=2, combinations=[
+        {"anchors.count": 20}, {"anchors.count": 20, "optim.lr_clip": 1e30, "optim.lr_new": 1e30}])
+    proc = start(path, tmp_path)
+    out = finish(proc)
+    assert proc.returncode == 1  # not every trial completed
+    assert "1 completed, 1 diverged" in out and "loss became non-finite in epoch 1" in out
+    df = pd.read_parquet(tmp_path / "results" / "nan")
+    assert set(df[df.optim_lr_clip > 1].status) == {"diverged"}
+    assert set(df[df.optim_lr_clip < 1].status) == {"completed"} and len(df[df.optim_lr_clip < 1]) == 2
+    lines = epoch_lines(tmp_path, "nan")
+    assert sorted(len(e) for e in lines.values()) == [1, 2]  # the diverged trial ran once, no retries
+    status = subprocess.run([sys.executable, "-m", "calm_study", "status", str(path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert "1 completed, 1 diverged" in status.stdout and "best so far" in status.stdout
+
+
+def test_two_node_cluster_loses_a_node_and_the_study_completes(tmp_path, data_cache):
+    path = write_study(tmp_path, data_cache, "nodes", epochs=4, failures={"train_retries": 2, "trial_retries": 3})
+    script = tmp_path / "cluster.py"
+    script.write_text(f"""
+import subprocess, sys, time, json, pathlib
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+worker = cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+proc = subprocess.Popen([sys.executable, "-m", "calm_study", "run", {str(path)!r}, "--address", cluster.address],
+                        cwd={str(REPO)!r})
+train = pathlib.Path({str(tmp_path / "runs" / "nodes" / "train")!r})
+deadline = time.time() + 300
+while time.time() < deadline and not any(p.read_text().strip() for p in train.glob("train-*/metrics.jsonl")):
+    time.sleep(0.5)
+cluster.remove_node(worker)
+print("node removed", flush=True)
+code = proc.wait(timeout=600)
+cluster.shutdown()
+sys.exit(code)
+""")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp(tmp_path)}
+    out = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert "node removed" in out.stdout
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    check_complete(tmp_path, "nodes", trials=2, epochs=4)
