@@ -17,7 +17,7 @@ from calm_study.data.readers import SPLITS, list_datasets
 from calm_study.data.sources import frame_cache, load_records
 from calm_study.models.backbone import register_tiny_models
 from calm_study.progress import say
-from calm_study.study import expand, load_study
+from calm_study.study import Trial, expand, load_study
 
 DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
 
@@ -31,8 +31,12 @@ def image_size(arch: str) -> int:
 
 def study_datasets(path: str, preset: str | None, sets: list[str]) -> list[DataSet]:
     """Every distinct dataset split a study reads (training and evaluation), with what decoding it needs."""
+    return trial_datasets(expand(load_study(path, preset, sets)))
+
+
+def trial_datasets(trials: list[Trial]) -> list[DataSet]:
     seen: dict[tuple, DataSet] = {}
-    for trial in expand(load_study(path, preset, sets)):
+    for trial in trials:
         cfg: TrialConfig = trial.config
         size = image_size(cfg.model.clip)
         for ref in (cfg.data.train, *cfg.data.eval):
@@ -58,6 +62,19 @@ def folder_datasets(folder: str, num_frames: int, size: int) -> tuple[list, int,
     if not files:
         raise ConfigError(folder, ["no video files (.mp4, .avi, .mkv, .webm, .mov) in this folder"])
     return [VideoRecord(p.stem, p, ()) for p in files], num_frames, size
+
+
+def preflight(trials: list[Trial], source: str) -> None:
+    """Before any trial starts: every split's annotations can be read (synthetic data is generated now, once).
+    Raises ConfigError listing every problem, so a bad root or split file costs seconds, not a cluster job."""
+    problems = []
+    for ref, data, _, _ in trial_datasets(trials):
+        try:
+            load_records(ref, data)
+        except (OSError, ValueError) as e:
+            problems.append(f"{ref.label}: {e}")
+    if problems:
+        raise ConfigError(source, problems)
 
 
 def check(datasets: list[DataSet]) -> int:

@@ -23,6 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import absolute_paths, trial_from_dict, trial_to_dict
+from calm_study.data_commands import preflight
 from calm_study.progress import say
 from calm_study.results import METRIC_LOG, results_path
 from calm_study.study import Study, Trial, expand, metric_key
@@ -129,6 +130,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
         say(f"archived the earlier run of {study.name} to {target}")
     check_writable(tune_dir.parent, "storage")
     check_writable(results_path(study).parent, "results_dir")
+    preflight(trials, f"study {study.name}")
     check_same_study(study, trials)
     if not ray.is_initialized():
         if address:  # a running cluster: its dashboard and State API are the cluster's own (start it with them on)
