@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -25,14 +24,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from calm_study.config import absolute_paths, trial_from_dict, trial_to_dict
 from calm_study.data_commands import preflight
 from calm_study.progress import say
-from calm_study.results import METRIC_LOG, results_path
+from calm_study.storage import Storage
 from calm_study.study import Study, Trial, expand, metric_key
 from calm_study.study_state import (
+    StudyFiles,
     StudyStatus,
     archive,
     check_same_study,
     check_writable,
-    study_paths,
     write_study_results,
 )
 from calm_study.train import fit
@@ -41,18 +40,15 @@ DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU kee
 
 
 class EpochLog(ray.train.UserCallback):
-    """Appends rank 0's metrics (+ checkpoint path) of every report to the run's metrics.jsonl, durably."""
+    """Appends rank 0's metrics (+ checkpoint path) of every report to the run's metrics.jsonl, durably. It runs in
+    the Train controller after the checkpoint is registered, so a logged epoch is never trained again."""
 
-    def __init__(self, run_dir: str):
-        self.path = Path(run_dir) / METRIC_LOG
+    def __init__(self, storage: str, log_path: str):
+        self.storage, self.log_path = storage, log_path  # strings: the callback is pickled to the controller
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         record = {**metrics[0], "checkpoint": checkpoint.path if checkpoint else None, "logged_at": time.time()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        Storage(self.storage).append_line(self.log_path, json.dumps(record))
 
 
 def _worker_loop(config: dict) -> None:
@@ -86,8 +82,8 @@ def _driver(config: dict) -> None:
     rt, trial = config["runtime"], config["trial"]
     name = f"train-{trial['key']}"
     run_config = ray.train.RunConfig(
-        name=name, storage_path=rt["train_storage"],
-        callbacks=[EpochLog(os.path.join(rt["train_storage"], name)), TuneReportCallback()],  # log first (notes §5)
+        name=name, storage_path=rt["train_uri"],
+        callbacks=[EpochLog(rt["storage"], rt["log_paths"][trial["key"]]), TuneReportCallback()],  # log first (§5)
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         failure_config=ray.train.FailureConfig(max_failures=rt["train_retries"]),
     )
@@ -110,9 +106,12 @@ def _max_concurrent(study: Study) -> int:
 
 
 def param_space(study: Study, trials: list[Trial]) -> dict:
-    tune_dir, train_dir = study_paths(study)
+    files = StudyFiles(study)
     r = study.resources
-    runtime = {"train_storage": str(train_dir), "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
+    runtime = {"storage": study.storage if files.storage.is_uri else files.storage.root,
+               "train_uri": files.storage.uri(study.name, "train"),
+               "log_paths": {t.key: files.run_log(t.key) for t in trials},
+               "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
                "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries}
     return {"trial": ray.tune.grid_search([{"key": t.key, "arm_id": t.arm_id, "seed": t.seed,
                                             "trial": trial_to_dict(absolute_paths(t.config))} for t in trials]),
@@ -125,11 +124,11 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
     """
     trials = expand(study)
-    tune_dir, train_dir = study_paths(study)
+    files = StudyFiles(study)
     if fresh and (target := archive(study)):
         say(f"archived the earlier run of {study.name} to {target}")
-    check_writable(tune_dir.parent, "storage")
-    check_writable(results_path(study).parent, "results_dir")
+    check_writable(files.storage, files.root, "storage")
+    check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
     preflight(trials, f"study {study.name}")
     check_same_study(study, trials)
     if not ray.is_initialized():
@@ -140,9 +139,10 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
             # trials (notes §9); it also serves the jobs API, so it stays bound to localhost.
             ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     trainable = ray.tune.with_resources(_driver, {"cpu": DRIVER_CPUS})
-    if ray.tune.Tuner.can_restore(str(tune_dir)):
-        say(f"resuming study {study.name} from {tune_dir}")
-        tuner = ray.tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+    tune_uri = files.storage.uri(study.name, "tune")
+    if ray.tune.Tuner.can_restore(tune_uri):
+        say(f"resuming study {study.name} from {tune_uri}")
+        tuner = ray.tune.Tuner.restore(tune_uri, trainable, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(
             trainable, param_space=param_space(study, trials),
@@ -150,7 +150,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
                                             max_concurrent_trials=_max_concurrent(study),
                                             trial_dirname_creator=lambda trial: trial.config["trial"]["key"]),
             # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
-            run_config=ray.tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), verbose=0,
+            run_config=ray.tune.RunConfig(name="tune", storage_path=files.storage.uri(study.name), verbose=0,
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=study.failures.trial_retries)),
         )

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from calm_study.config import trial_to_dict
 from calm_study.configio import flatten
-from calm_study.results import METRIC_LOG, build_results, read_metric_log, results_path, write_parquet_atomic
+from calm_study.results import METRIC_LOG, build_results, parse_metric_log, results_path, write_parquet_atomic
+from calm_study.storage import Storage
 from calm_study.study import Study, Trial, metric_key
 
 MANIFEST = "manifest.json"
@@ -28,22 +29,34 @@ class StudyStateError(RuntimeError):
     """The study's storage cannot be used as asked (changed study file, unwritable folder); nothing was changed."""
 
 
-def study_paths(study: Study) -> tuple[Path, Path]:
-    """(Tune experiment folder, Train storage folder) of a study."""
-    root = Path(study.storage).expanduser().resolve() / study.name
-    return root / "tune", root / "train"
+class StudyFiles:
+    """Where a study's files live in its storage (a local folder or an object-store URI)."""
+
+    def __init__(self, study: Study):
+        self.storage = Storage(study.storage)
+        self.name = study.name
+        self.root = self.storage.path(study.name)
+        self.tune = self.storage.path(study.name, "tune")
+        self.train = self.storage.path(study.name, "train")
+        self.manifest = self.storage.path(study.name, MANIFEST)
+
+    def run_log(self, key: str) -> str:
+        return self.storage.path(self.name, "train", f"train-{key}", METRIC_LOG)
+
+    def error_file(self, key: str) -> str:
+        return self.storage.path(self.name, "tune", key, "error.txt")
 
 
-def check_writable(folder: Path, what: str) -> None:
+def check_writable(storage: Storage, folder: str, what: str) -> None:
     """Fail now, not after hours of training, if `folder` cannot be created or written."""
+    probe = f"{folder}/.write-test-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        storage.makedirs(folder)
+        storage.write_text(probe, "ok")
+        storage.delete_file(probe)
     except OSError as e:
-        raise StudyStateError(f"{what}: cannot write to {str(folder)!r} ({e.strerror or e}); choose a folder this "
-                              "user can write (on a cluster: one that every node sees)") from None
+        raise StudyStateError(f"{what}: cannot write to {folder!r} ({e.strerror or e}); choose a folder (or bucket) "
+                              "this user can write (on a cluster: one that every node sees)") from None
 
 
 def _manifest(study: Study, trials: list[Trial]) -> dict:
@@ -54,14 +67,13 @@ def _manifest(study: Study, trials: list[Trial]) -> dict:
 
 def check_same_study(study: Study, trials: list[Trial]) -> None:
     """Record what the study started with; refuse to resume it with a changed set of trials, saying what changed."""
-    root = study_paths(study)[0].parent
-    path = root / MANIFEST
+    files = StudyFiles(study)
     new = _manifest(study, trials)
-    if not path.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(new, indent=1, sort_keys=True, default=str))
+    text = files.storage.read_text(files.manifest)
+    if text is None:
+        files.storage.write_text(files.manifest, json.dumps(new, indent=1, sort_keys=True, default=str))
         return
-    old = json.loads(path.read_text())
+    old = json.loads(text)
     if set(old["trials"]) == set(new["trials"]):
         return
     changes = [f"base {k}: {old['base'].get(k)!r} -> {new['base'].get(k)!r}"
@@ -73,37 +85,45 @@ def check_same_study(study: Study, trials: list[Trial]) -> None:
     changes += [f"{len(added)} trial(s) added (e.g. {added[0]})"] if added else []
     changes += [f"{len(dropped)} trial(s) dropped (e.g. {dropped[0]})"] if dropped else []
     raise StudyStateError(
-        f"study {study.name!r} in {root} was started from a different study file: {'; '.join(changes)}. Nothing was "
-        "changed. Restore the original file (or --preset/--set) to resume it, run it under another name "
+        f"study {study.name!r} in {files.root} was started from a different study file: {'; '.join(changes)}. "
+        "Nothing was changed. Restore the original file (or --preset/--set) to resume it, run it under another name "
         "(--set name=...), or pass --fresh to archive the old study and results and start again")
 
 
-def archive(study: Study) -> Path | None:
+def archive(study: Study) -> str | None:
     """Move the study's storage and Parquet aside (never deleted) so it can start again; returns the archive."""
-    root = study_paths(study)[0].parent
+    files = StudyFiles(study)
     results = results_path(study).parent
-    if not root.exists() and not results.exists():
+    if not files.storage.exists(files.root) and not results.exists():
         return None
-    target = root.parent / f"{study.name}.archived-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.mkdir(parents=True)
-    if root.exists():
-        root.rename(target / "storage")
+    target = files.storage.path(f"{study.name}.archived-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        files.storage.makedirs(target)
+        if files.storage.exists(files.root):
+            files.storage.move(files.root, f"{target}/storage")
+    except OSError as e:
+        raise StudyStateError(f"--fresh: cannot archive {files.root!r} ({e}); run the study under a new name "
+                              "instead (--set name=...)") from None
     if results.exists():
-        results.rename(target / "results")
+        # The results go beside the storage archive when that is local, else into an archive folder next to them.
+        local = Path(target) if not files.storage.is_uri else results.parent / Path(target).name
+        local.mkdir(parents=True, exist_ok=True)
+        results.rename(local / "results")
     return target
 
 
 def trial_logs(study: Study, trials: list[Trial]) -> dict[str, list[dict]]:
-    train_dir = study_paths(study)[1]
-    return {t.key: read_metric_log(train_dir / f"train-{t.key}" / METRIC_LOG) for t in trials}
+    files = StudyFiles(study)
+    return {t.key: parse_metric_log(files.storage.read_text(files.run_log(t.key)) or "") for t in trials}
 
 
 def trial_error(study: Study, trial: Trial) -> str | None:
-    """The first line of Ray's error for a trial it gave up on, or None."""
-    path = study_paths(study)[0] / trial.key / "error.txt"
-    if not path.is_file():
+    """The last line of Ray's error for a trial it gave up on, or None."""
+    files = StudyFiles(study)
+    text = files.storage.read_text(files.error_file(trial.key))
+    if text is None:
         return None
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "error"
 
 

@@ -24,7 +24,8 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
         "search": {"combinations": [{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}]},
         "seeds": [7], "metric": {"name": "t2v_R1", "eval_set": "plain"},
         "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
-        "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+        # An object-store style URI: the storage goes through pyarrow's filesystems like s3:// or gs:// would.
+        "storage": f"file://{tmp_path / 'runs'}", "results_dir": str(tmp_path / "results"),
     }
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -46,9 +47,9 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
         assert list(run_dir.glob("checkpoint_*/state.pt"))
 
-    documented = (REPO / "results" / "README.md").read_text()
+    documented = (REPO / "results" / "_README.md").read_text()
     undocumented = [c for c in df.columns if f"`{c}`" not in documented and not c.startswith("data_synthetic_")]
-    assert not undocumented, f"columns missing from results/README.md: {undocumented}"
+    assert not undocumented, f"columns missing from results/_README.md: {undocumented}"
 
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

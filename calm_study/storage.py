@@ -1,0 +1,80 @@
+"""A study's storage: a local (or NFS) folder, or an object-store URI (s3://, gs://, abfs://, file://), through
+pyarrow's filesystems — the same ones Ray Tune and Ray Train use for the same `storage` value.
+
+Object stores have no append and no rename of folders: appends are a read and a rewrite of the (small) file, and
+archiving a study (--fresh) is refused there.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class Storage:
+    """`storage` as given in a study: a path (relative to the working directory) or a URI with a scheme."""
+
+    def __init__(self, storage: str):
+        self.is_uri = "://" in storage
+        if self.is_uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(storage)
+            self.scheme = storage.split("://", 1)[0]
+            self.root = self.root.rstrip("/")
+        else:
+            self.fs, self.root, self.scheme = pafs.LocalFileSystem(), str(Path(storage).expanduser().resolve()), ""
+
+    def path(self, *parts: str) -> str:
+        """A path inside the storage (what pyarrow's filesystem takes)."""
+        return posixpath.join(self.root, *parts) if self.is_uri else os.path.join(self.root, *parts)
+
+    def uri(self, *parts: str) -> str:
+        """What Ray takes as storage_path: the URI for object stores, the absolute path for local folders."""
+        p = self.path(*parts)
+        if not self.is_uri:
+            return p
+        return f"{self.scheme}:///{p.lstrip('/')}" if self.scheme == "file" else f"{self.scheme}://{p}"
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def makedirs(self, path: str) -> None:
+        self.fs.create_dir(path, recursive=True)
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text, or None when it does not exist."""
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, path: str, text: str) -> None:
+        """Replace the file (locally via a temporary file and a rename; an object-store put is atomic already)."""
+        self.makedirs(posixpath.dirname(path) if self.is_uri else os.path.dirname(path))
+        target = f"{path}.tmp-{os.getpid()}" if not self.is_uri else path
+        with self.fs.open_output_stream(target) as f:
+            f.write(text.encode("utf-8"))
+        if target != path:
+            os.replace(target, path)
+
+    def append_line(self, path: str, line: str) -> None:
+        """Append one line durably: fsync'd append locally, read + rewrite on object stores (no append there)."""
+        if not self.is_uri:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return
+        self.write_text(path, (self.read_text(path) or "") + line + "\n")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dst: str) -> None:
+        if self.is_uri and self.scheme != "file":
+            raise OSError(f"cannot move folders on {self.scheme}:// storage")
+        self.fs.move(src, dst)
