@@ -71,6 +71,11 @@ class Storage:
             return
         self.write_text(path, (self.read_text(path) or "") + line + "\n")
 
+    def list_names(self, folder: str) -> list[str]:
+        """Names of the entries of a folder ([] when it does not exist)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        return sorted(info.base_name for info in infos)
+
     def delete_file(self, path: str) -> None:
         self.fs.delete_file(path)
 

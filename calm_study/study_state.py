@@ -127,8 +127,25 @@ def trial_error(study: Study, trial: Trial) -> str | None:
     return lines[-1][:300] if lines else "error"
 
 
-def trial_status(trial: Trial, log: list[dict], error: str | None) -> str:
-    """completed | diverged | error | incomplete (some epochs, not all) | pending (no epoch yet)."""
+def tune_running(study: Study) -> set[str]:
+    """Trial keys Ray Tune's latest experiment snapshot (taken every ~10 s while the study runs) calls RUNNING.
+
+    The snapshot format is Tune's own; if it cannot be read, no trial is called running.
+    """
+    files = StudyFiles(study)
+    snapshots = [n for n in files.storage.list_names(files.tune) if n.startswith("experiment_state-")]
+    if not snapshots:
+        return set()
+    try:
+        state = json.loads(files.storage.read_text(f"{files.tune}/{snapshots[-1]}") or "{}")
+        trials = [json.loads(entry[0]) for entry in state.get("trial_data", [])]
+        return {t["relative_logdir"] for t in trials if t.get("status") == "RUNNING"}
+    except (ValueError, KeyError, TypeError, IndexError):
+        return set()
+
+
+def trial_status(trial: Trial, log: list[dict], error: str | None, running: bool = False) -> str:
+    """completed | diverged | error | running | incomplete (some epochs, nothing running) | pending (no epoch yet)."""
     last = log[-1] if log else {}
     if last.get("status") == "diverged":
         return "diverged"
@@ -136,6 +153,8 @@ def trial_status(trial: Trial, log: list[dict], error: str | None) -> str:
         return "completed"
     if error is not None:
         return "error"
+    if running:
+        return "running"
     return "incomplete" if log else "pending"
 
 
@@ -151,14 +170,16 @@ class StudyStatus:
         return {s: values.count(s) for s in sorted(set(values))}
 
 
-def study_status(study: Study, trials: list[Trial]) -> StudyStatus:
+def study_status(study: Study, trials: list[Trial], live: bool = True) -> StudyStatus:
+    """Every trial's status from the study's files; live=False ignores Tune's snapshot (after a run ended)."""
     logs = trial_logs(study, trials)
+    running = tune_running(study) if live else set()
     statuses, errors, best = {}, {}, None
     key = metric_key(study)
     sign = 1 if study.metric.mode == "max" else -1
     for t in trials:
         err = trial_error(study, t)
-        statuses[t.key] = trial_status(t, logs[t.key], err)
+        statuses[t.key] = trial_status(t, logs[t.key], err, t.key in running)
         if statuses[t.key] == "error":
             errors[t.key] = err or "error"
         elif statuses[t.key] == "diverged":
@@ -173,7 +194,7 @@ def study_status(study: Study, trials: list[Trial]) -> StudyStatus:
 def write_study_results(study: Study, trials: list[Trial], trial_ids: dict[str, str] | None = None
                         ) -> tuple[Path, StudyStatus]:
     """Build the Parquet from every trial's metric log and write it atomically; returns (its path, the status)."""
-    status = study_status(study, trials)
+    status = study_status(study, trials, live=False)
     df = build_results(study, trials, trial_logs(study, trials), status.statuses, trial_ids)
     return write_parquet_atomic(df, results_path(study)), status
 

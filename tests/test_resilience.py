@@ -96,6 +96,10 @@ def test_driver_sigkill_mid_epoch_then_rerun_resumes(tmp_path, data_cache):
     kill_tree(proc, tmp_path)
     before = epoch_lines(tmp_path, "killed")
     assert all(len(e) < 4 for e in before.values())  # killed mid-study
+    status = subprocess.run([sys.executable, "-m", "calm_study", "status", str(path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert status.returncode == 0 and "study killed: 2 trials" in status.stdout
+    assert "completed" not in status.stdout.splitlines()[0]
 
     proc = start(path, tmp_path)
     out = finish(proc)
