@@ -23,6 +23,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.preset, args.sets)
     trials = expand(study)
+    if study.search.method == "optuna":
+        q = study.search
+        print(f"{args.study}: study {study.name!r} is valid: Optuna ({q.sampler}, seed {q.sampler_seed}) samples "
+              f"{q.num_samples} configurations over {', '.join(q.space)}; scheduler {study.scheduler.name}; metric "
+              f"{metric_key(study)} ({study.metric.mode}); {len(trials)} edge configurations of the space checked")
+        return 0
     arms = {t.arm_id: t for t in trials}
     print(f"{args.study}: study {study.name!r} is valid: {len(arms)} arm(s) x {len(study.seeds)} seed(s) = "
           f"{len(trials)} trial(s); metric {metric_key(study)} ({study.metric.mode})")
@@ -49,25 +55,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from calm_study.ray_runner import run_study
-    from calm_study.study import expand, load_study
-    from calm_study.study_state import describe
+    from calm_study.study import load_study
+    from calm_study.study_state import describe, study_trials
 
     study = load_study(args.study, args.preset, args.sets)
     path, status = run_study(study, address=args.address, fresh=args.fresh)
     df = pd.read_parquet(path)
     _print_summary(df, study)
-    print(describe(study, expand(study), status))
+    print(describe(study, study_trials(study), status))
     print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r})")
-    return 0 if set(status.statuses.values()) == {"completed"} else 1
+    return 0 if set(status.statuses.values()) <= {"completed", "stopped_early"} else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Where a study stands, from its files alone (works while it runs, after it ended, without Ray)."""
-    from calm_study.study import expand, load_study
-    from calm_study.study_state import describe, study_status
+    from calm_study.study import load_study
+    from calm_study.study_state import describe, study_status, study_trials
 
     study = load_study(args.study, args.preset, args.sets)
-    trials = expand(study)
+    trials = study_trials(study)
     status = study_status(study, trials)
     print(describe(study, trials, status))
     for t in trials:

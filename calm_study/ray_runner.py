@@ -22,16 +22,22 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import absolute_paths, trial_from_dict, trial_to_dict
+from calm_study.configio import set_path
 from calm_study.data_commands import preflight
+from calm_study.optuna_export import export_optuna
 from calm_study.progress import say
+from calm_study.results import METRIC_LOG
+from calm_study.search import parse_space
 from calm_study.storage import Storage
-from calm_study.study import Study, Trial, expand, metric_key
+from calm_study.study import Study, Trial, arm_id, expand, is_optuna, metric_key
 from calm_study.study_state import (
+    TRIAL_FILE,
     StudyFiles,
     StudyStatus,
     archive,
     check_same_study,
     check_writable,
+    study_trials,
     write_study_results,
 )
 from calm_study.train import fit
@@ -77,13 +83,30 @@ def _worker_loop(config: dict) -> None:
             fit(cfg, report, device=device, resume_dir=Path(folder), log=log)
 
 
+def _sampled_trial(config: dict, rt: dict) -> dict:
+    """An Optuna trial: base config + the sampled values; its identity goes to storage for status and results."""
+    doc = rt["base"]
+    for key, value in config["sampled"].items():
+        doc = set_path(doc, key, value)
+    cfg = trial_from_dict(set_path(doc, "train.seed", rt["seed"]), "sampled configuration")
+    trial = {"arm_id": arm_id(cfg), "seed": rt["seed"], "trial": trial_to_dict(cfg)}
+    trial["key"] = f"{trial['arm_id']}-s{rt['seed']}"
+    storage = Storage(rt["storage"])
+    record = {"arm_id": trial["arm_id"], "seed": rt["seed"], "swept": config["sampled"], "config": trial["trial"],
+              "tune_dir": ray.tune.get_context().get_trial_id()}
+    storage.write_text(storage.path(rt["study"], "train", f"train-{trial['key']}", TRIAL_FILE), json.dumps(record))
+    return trial
+
+
 def _driver(config: dict) -> None:
     """The Tune trainable: one TorchTrainer run per trial, named after the trial key (deterministic => resumable)."""
-    rt, trial = config["runtime"], config["trial"]
+    rt = config["runtime"]
+    trial = config["trial"] if "trial" in config else _sampled_trial(config, rt)
     name = f"train-{trial['key']}"
+    log_path = Storage(rt["storage"]).path(rt["study"], "train", name, METRIC_LOG)
     run_config = ray.train.RunConfig(
         name=name, storage_path=rt["train_uri"],
-        callbacks=[EpochLog(rt["storage"], rt["log_paths"][trial["key"]]), TuneReportCallback()],  # log first (§5)
+        callbacks=[EpochLog(rt["storage"], log_path), TuneReportCallback()],  # the log first (notes §5)
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         failure_config=ray.train.FailureConfig(max_failures=rt["train_retries"]),
     )
@@ -105,17 +128,56 @@ def _max_concurrent(study: Study) -> int:
     return max(1, math.floor(total.get("CPU", 1) / (r.cpus_per_worker * r.num_workers + DRIVER_CPUS)))
 
 
+def _domain(kind: str, args: list):
+    """A study-file distribution (calm_study.search) as a Ray Tune search domain."""
+    if kind == "choice":
+        return ray.tune.choice(args)
+    if kind == "uniform":
+        return ray.tune.uniform(*args)
+    if kind == "loguniform":
+        return ray.tune.loguniform(*args)
+    if kind == "int":
+        return ray.tune.randint(args[0], args[1] + 1)  # randint's upper bound is exclusive
+    return ray.tune.qrandint(*args)  # qint: inclusive bounds, step
+
+
 def param_space(study: Study, trials: list[Trial]) -> dict:
     files = StudyFiles(study)
     r = study.resources
-    runtime = {"storage": study.storage if files.storage.is_uri else files.storage.root,
+    runtime = {"storage": study.storage if files.storage.is_uri else files.storage.root, "study": study.name,
                "train_uri": files.storage.uri(study.name, "train"),
-               "log_paths": {t.key: files.run_log(t.key) for t in trials},
                "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
                "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries}
+    if is_optuna(study):
+        runtime.update(base=trial_to_dict(absolute_paths(study.base)), seed=study.seeds[0])
+        space = parse_space(study.search.space)[0]
+        return {"sampled": {key: _domain(*dist) for key, dist in space.items()}, "runtime": runtime}
     return {"trial": ray.tune.grid_search([{"key": t.key, "arm_id": t.arm_id, "seed": t.seed,
                                             "trial": trial_to_dict(absolute_paths(t.config))} for t in trials]),
             "runtime": runtime}
+
+
+def tune_config(study: Study) -> ray.tune.TuneConfig:
+    """Metric, concurrency, and for Optuna studies the searcher; for `scheduler: asha`, early stopping."""
+    scheduler = search_alg = None
+    if study.scheduler.name == "asha":
+        # time_attr "epoch" (1-based, kept across restores), not training_iteration, which restarts at 1 (notes §9).
+        max_t = max(t.config.train.epochs for t in expand(study))  # Optuna: the edges of its space
+        scheduler = ray.tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
+                                                      grace_period=study.scheduler.grace_period,
+                                                      reduction_factor=study.scheduler.reduction_factor)
+    if is_optuna(study):
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        q = study.search
+        sampler = (optuna.samplers.TPESampler(seed=q.sampler_seed) if q.sampler == "tpe"
+                   else optuna.samplers.RandomSampler(seed=q.sampler_seed))
+        search_alg = OptunaSearch(sampler=sampler)  # in-memory storage: Tune snapshots it (notes §12)
+    return ray.tune.TuneConfig(
+        metric=metric_key(study), mode=study.metric.mode, max_concurrent_trials=_max_concurrent(study),
+        num_samples=study.search.num_samples if is_optuna(study) else 1, search_alg=search_alg, scheduler=scheduler,
+        trial_dirname_creator=lambda t: t.config["trial"]["key"] if "trial" in t.config else t.trial_id)
 
 
 def run_study(study: Study, address: str | None = None, fresh: bool = False) -> tuple[Path, StudyStatus]:
@@ -146,14 +208,15 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     else:
         tuner = ray.tune.Tuner(
             trainable, param_space=param_space(study, trials),
-            tune_config=ray.tune.TuneConfig(metric=metric_key(study), mode=study.metric.mode,
-                                            max_concurrent_trials=_max_concurrent(study),
-                                            trial_dirname_creator=lambda trial: trial.config["trial"]["key"]),
+            tune_config=tune_config(study),
             # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
             run_config=ray.tune.RunConfig(name="tune", storage_path=files.storage.uri(study.name), verbose=0,
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=study.failures.trial_retries)),
         )
-    grid = tuner.fit()
-    trial_ids = {r.config["trial"]["key"]: str((r.metrics or {}).get("trial_id", "")) for r in grid}
-    return write_study_results(study, trials, trial_ids)
+    tuner.fit()
+    trials = study_trials(study)  # Optuna studies: the configurations that were sampled
+    path, status = write_study_results(study, trials)
+    if is_optuna(study):
+        say(f"Optuna database for optuna-dashboard: {export_optuna(study, trials, status)}")
+    return path, status

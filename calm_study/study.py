@@ -34,12 +34,25 @@ from calm_study.configio import (
     to_dict,
 )
 from calm_study.metrics import METRIC_NAMES
+from calm_study.search import SAMPLERS, edge_rows, parse_space
 
 
 @dataclass(frozen=True)
 class SearchSpace:
+    method: str = "grid"  # grid: every listed value | optuna: Optuna proposes num_samples configs (see search.py)
     grid: dict[str, Any] = field(default_factory=dict)  # trial key path -> list of values (cartesian product)
     combinations: tuple[dict[str, Any], ...] = ()  # listed rows of {key path: value}, crossed with the grid
+    space: dict[str, Any] = field(default_factory=dict)  # optuna: key path -> {choice|uniform|loguniform|int|qint: ..}
+    num_samples: int = 0  # optuna: how many configurations to try
+    sampler: str = "tpe"  # optuna: tpe | random
+    sampler_seed: int = 0  # optuna: seed of the sampler, so a search is repeatable
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str = "fifo"  # fifo: every trial runs all epochs | asha: stop weak trials early (on the study's metric)
+    grace_period: int = 1  # asha: epochs every trial runs before it may be stopped
+    reduction_factor: int = 2  # asha: keep the top 1/reduction_factor at each rung
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class Study:
     metric: MetricSpec = field(default_factory=MetricSpec)
     resources: Resources = field(default_factory=Resources)
     failures: FailureSpec = field(default_factory=FailureSpec)  # infrastructure faults; NaN losses are never retried
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)  # early stopping
     storage: str = "runs"  # Ray storage for the Tune experiment, Train checkpoints and metric logs
     results_dir: str = "results"  # Parquet goes to <results_dir>/<name>/
     presets: dict[str, Any] = field(default_factory=dict)  # name -> partial study document (merged by --preset)
@@ -164,8 +178,9 @@ def _check_study(s: Study) -> list[str]:
     if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
         errs.append("resources.gpus_per_worker: a fraction of a GPU is only allowed with num_workers 1 (two ranks of "
                     "one trial could land on the same GPU)")
+    errs += _check_search(s)
     valid = dataclass_paths(TrialConfig)
-    keys = list(s.search.grid) + [k for row in s.search.combinations for k in row]
+    keys = list(s.search.grid) + [k for row in s.search.combinations for k in row] + list(s.search.space)
     for k in dict.fromkeys(keys):
         if k not in valid and not any(k == v.rsplit(".", 1)[0] for v in valid if "." in v):
             errs.append(f"search: {k!r} is not a trial config key{did_you_mean(k, valid)}")
@@ -177,15 +192,52 @@ def _check_study(s: Study) -> list[str]:
     return errs
 
 
+def _check_search(s: Study) -> list[str]:
+    errs = []
+    q, sch = s.search, s.scheduler
+    if q.method not in ("grid", "optuna"):
+        errs.append(f"search.method: {q.method!r} is not valid{did_you_mean(q.method, ['grid', 'optuna'])}; "
+                    "valid: grid, optuna")
+    if sch.name not in ("fifo", "asha"):
+        errs.append(f"scheduler.name: {sch.name!r} is not valid{did_you_mean(sch.name, ['fifo', 'asha'])}; "
+                    "valid: fifo, asha")
+    if sch.grace_period < 1 or sch.reduction_factor < 2:
+        errs.append("scheduler: grace_period must be >= 1 and reduction_factor >= 2")
+    if q.method == "optuna":
+        if q.grid or q.combinations:
+            errs.append("search: grid/combinations cannot be combined with method optuna (Ray's OptunaSearch cannot "
+                        "take grid_search values); move those keys into search.space as {choice: [...]}")
+        if not q.space or q.num_samples < 1:
+            errs.append("search: method optuna needs search.space and search.num_samples >= 1")
+        if len(s.seeds) != 1:
+            errs.append(f"seeds: method optuna runs each sampled config once; give one seed, not {list(s.seeds)}")
+        if q.sampler not in SAMPLERS:
+            errs.append(f"search.sampler: {q.sampler!r} is not valid; valid: {', '.join(SAMPLERS)}")
+        errs += parse_space(q.space)[1]
+    elif q.space or q.num_samples:
+        errs.append("search.space / search.num_samples are for method optuna; add `method: optuna`, or use grid")
+    return errs
+
+
+def is_optuna(study: Study) -> bool:
+    return study.search.method == "optuna"
+
+
 def _rows(rows: list[dict]) -> str:
     return ", ".join(map(str, rows))
 
 
 def expand(study: Study, source: str = "<study>") -> list[Trial]:
-    """Every (arm, seed) of the study, in a stable order; raises ConfigError naming each bad combination."""
+    """Every (arm, seed) of the study, in a stable order; raises ConfigError naming each bad combination.
+
+    For an Optuna study the trials are not known in advance: this returns configurations at the edges of its space
+    (every bound, every choice), which is what validation and the pre-flight data check need.
+    """
     base = trial_to_dict(study.base)
     grid_keys = list(study.search.grid)
     rows = list(study.search.combinations) or [{}]
+    if is_optuna(study):
+        rows = list({json.dumps(r, sort_keys=True): r for r in edge_rows(parse_space(study.search.space)[0])}.values())
     problems: dict[str, list[dict]] = {}  # message -> the search rows it occurs in
     trials: list[Trial] = []
     n_rows = 0

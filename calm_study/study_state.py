@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from calm_study.config import trial_to_dict
+from calm_study.config import trial_from_dict, trial_to_dict
 from calm_study.configio import flatten
 from calm_study.results import METRIC_LOG, build_results, parse_metric_log, results_path, write_parquet_atomic
 from calm_study.storage import Storage
-from calm_study.study import Study, Trial, metric_key
+from calm_study.study import Study, Trial, expand, is_optuna, metric_key
 
 MANIFEST = "manifest.json"
+TRIAL_FILE = "trial.json"
 
 
 class StudyStateError(RuntimeError):
@@ -43,8 +44,12 @@ class StudyFiles:
     def run_log(self, key: str) -> str:
         return self.storage.path(self.name, "train", f"train-{key}", METRIC_LOG)
 
-    def error_file(self, key: str) -> str:
-        return self.storage.path(self.name, "tune", key, "error.txt")
+    def error_file(self, tune_dir: str) -> str:
+        return self.storage.path(self.name, "tune", tune_dir, "error.txt")
+
+    def trial_file(self, key: str) -> str:
+        """An Optuna trial's identity (config, sampled values, Tune folder), written by its driver when it starts."""
+        return self.storage.path(self.name, "train", f"train-{key}", TRIAL_FILE)
 
 
 def check_writable(storage: Storage, folder: str, what: str) -> None:
@@ -117,35 +122,57 @@ def trial_logs(study: Study, trials: list[Trial]) -> dict[str, list[dict]]:
     return {t.key: parse_metric_log(files.storage.read_text(files.run_log(t.key)) or "") for t in trials}
 
 
+def tune_dir_of(study: Study, trial: Trial) -> str:
+    """The trial's folder in the Tune experiment: its key (grid), or Tune's trial id (Optuna, from trial.json)."""
+    if not is_optuna(study):
+        return trial.key
+    files = StudyFiles(study)
+    return json.loads(files.storage.read_text(files.trial_file(trial.key)) or "{}").get("tune_dir", trial.key)
+
+
+def study_trials(study: Study) -> list[Trial]:
+    """The study's trials: expanded from the file (grid), or found in storage (Optuna: sampled while it runs)."""
+    if not is_optuna(study):
+        return expand(study)
+    files = StudyFiles(study)
+    trials = []
+    for name in files.storage.list_names(files.train):
+        text = files.storage.read_text(files.trial_file(name[len("train-"):])) if name.startswith("train-") else None
+        if text:
+            d = json.loads(text)
+            trials.append(Trial(d["arm_id"], d["seed"], trial_from_dict(d["config"], name), d["swept"]))
+    return trials
+
+
 def trial_error(study: Study, trial: Trial) -> str | None:
     """The last line of Ray's error for a trial it gave up on, or None."""
     files = StudyFiles(study)
-    text = files.storage.read_text(files.error_file(trial.key))
+    text = files.storage.read_text(files.error_file(tune_dir_of(study, trial)))
     if text is None:
         return None
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "error"
 
 
-def tune_running(study: Study) -> set[str]:
-    """Trial keys Ray Tune's latest experiment snapshot (taken every ~10 s while the study runs) calls RUNNING.
-
-    The snapshot format is Tune's own; if it cannot be read, no trial is called running.
-    """
+def tune_statuses(study: Study) -> dict[str, str]:
+    """Tune folder -> status (RUNNING, TERMINATED, ...) in Ray Tune's latest experiment snapshot (taken every ~10 s
+    while the study runs). The snapshot format is Tune's own; if it cannot be read, this is empty."""
     files = StudyFiles(study)
     snapshots = [n for n in files.storage.list_names(files.tune) if n.startswith("experiment_state-")]
     if not snapshots:
-        return set()
+        return {}
     try:
         state = json.loads(files.storage.read_text(f"{files.tune}/{snapshots[-1]}") or "{}")
         trials = [json.loads(entry[0]) for entry in state.get("trial_data", [])]
-        return {t["relative_logdir"] for t in trials if t.get("status") == "RUNNING"}
+        return {t["relative_logdir"]: t["status"] for t in trials}
     except (ValueError, KeyError, TypeError, IndexError):
-        return set()
+        return {}
 
 
-def trial_status(trial: Trial, log: list[dict], error: str | None, running: bool = False) -> str:
-    """completed | diverged | error | running | incomplete (some epochs, nothing running) | pending (no epoch yet)."""
+def trial_status(trial: Trial, log: list[dict], error: str | None, tune_status: str = "",
+                 early_stopping: bool = False) -> str:
+    """completed | diverged | error | stopped_early (ended by the scheduler) | running | incomplete (some epochs,
+    nothing running) | pending (no epoch yet)."""
     last = log[-1] if log else {}
     if last.get("status") == "diverged":
         return "diverged"
@@ -153,7 +180,9 @@ def trial_status(trial: Trial, log: list[dict], error: str | None, running: bool
         return "completed"
     if error is not None:
         return "error"
-    if running:
+    if tune_status == "TERMINATED" and early_stopping and log:
+        return "stopped_early"
+    if tune_status == "RUNNING":
         return "running"
     return "incomplete" if log else "pending"
 
@@ -173,13 +202,17 @@ class StudyStatus:
 def study_status(study: Study, trials: list[Trial], live: bool = True) -> StudyStatus:
     """Every trial's status from the study's files; live=False ignores Tune's snapshot (after a run ended)."""
     logs = trial_logs(study, trials)
-    running = tune_running(study) if live else set()
+    tune = tune_statuses(study)
+    asha = study.scheduler.name == "asha"
     statuses, errors, best = {}, {}, None
     key = metric_key(study)
     sign = 1 if study.metric.mode == "max" else -1
     for t in trials:
         err = trial_error(study, t)
-        statuses[t.key] = trial_status(t, logs[t.key], err, t.key in running)
+        tune_status = tune.get(tune_dir_of(study, t), "")
+        if not live and tune_status == "RUNNING":  # the run has ended: nothing is running any more
+            tune_status = ""
+        statuses[t.key] = trial_status(t, logs[t.key], err, tune_status, asha)
         if statuses[t.key] == "error":
             errors[t.key] = err or "error"
         elif statuses[t.key] == "diverged":
