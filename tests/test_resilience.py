@@ -170,3 +170,52 @@ sys.exit(code)
     assert "node removed" in out.stdout
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     check_complete(tmp_path, "nodes", trials=2, epochs=4)
+
+
+def hpo_study(tmp_path, data_cache, name, num_samples):
+    from .conftest import TINY
+
+    base = json.loads(json.dumps(TINY))
+    base["data"]["cache_dir"] = str(data_cache)
+    base["train"]["epochs"] = 3
+    study = {"name": name, "base": base, "seeds": [0],
+             "search": {"method": "optuna", "num_samples": num_samples, "sampler_seed": 1,
+                        "space": {"optim.lr_new": {"loguniform": [1e-5, 3e-3]}, "loss.alpha": {"uniform": [0.0, 1.0]}}},
+             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+             "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
+             "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_optuna_with_asha_stops_some_trials_early_and_keeps_their_rows(tmp_path, data_cache):
+    import optuna
+
+    path = hpo_study(tmp_path, data_cache, "hpo", num_samples=6)
+    out = finish(start(path, tmp_path))
+    assert "6 trials" in out and "stopped_early" in out, out[-3000:]
+    df = pd.read_parquet(tmp_path / "results" / "hpo")
+    per_trial = df.groupby("trial_key").agg(status=("status", "first"), epochs=("epoch", "max"))
+    assert len(per_trial) == 6 and set(per_trial.status) <= {"completed", "stopped_early"}
+    stopped = per_trial[per_trial.status == "stopped_early"]
+    assert len(stopped) >= 1 and (stopped.epochs < 3).all()  # rows kept for the epochs they ran
+    assert (per_trial[per_trial.status == "completed"].epochs == 3).all()
+    assert df.swept.str.contains("optim.lr_new").all()
+    db = optuna.load_study(study_name="hpo", storage=f"sqlite:///{tmp_path / 'results' / 'hpo' / '_optuna.db'}")
+    assert len(db.trials) == 6 and any(t.state.name == "PRUNED" for t in db.trials)
+
+
+def test_optuna_study_resumes_after_a_driver_kill_with_num_samples_trials(tmp_path, data_cache):
+    path = hpo_study(tmp_path, data_cache, "hpo_kill", num_samples=5)
+    proc = start(path, tmp_path)
+    wait_for(lambda: sum(len(e) for e in epoch_lines(tmp_path, "hpo_kill").values()) >= 3)
+    time.sleep(12)  # let Tune snapshot its searcher state once (every ~10 s)
+    kill_tree(proc, tmp_path)
+    out = finish(start(path, tmp_path))
+    assert "resuming study hpo_kill" in out, out[-3000:]
+    df = pd.read_parquet(tmp_path / "results" / "hpo_kill")
+    assert df.trial_key.nunique() == 5  # exactly num_samples trials in all, none lost, none extra
+    assert not df.duplicated(["arm_id", "seed", "epoch", "eval_set"]).any()
+    for key, epochs in epoch_lines(tmp_path, "hpo_kill").items():
+        assert epochs == list(range(1, len(epochs) + 1)), (key, epochs)  # no epoch logged twice
