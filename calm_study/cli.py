@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from calm_study.configio import ConfigError, load_yaml
+from calm_study.report import ReportError
 from calm_study.study_state import StudyStateError
 
 
@@ -37,31 +38,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(df, study) -> None:
-    from calm_study.study import metric_key
-
-    if df.empty:
-        print("no results yet")
-        return
-    eval_set, metric = metric_key(study).split("/")[1:]
-    last = df[(df.eval_set == eval_set)].sort_values("epoch").groupby(["arm_id", "seed"]).tail(1)
-    cols = ["arm_id", "seed", "swept", "epoch", "status", metric, "t2v_R5", "t2v_MnR"]
-    with __import__("pandas").option_context("display.width", 200, "display.max_colwidth", 70):
-        print(f"final epoch on {eval_set}:")
-        print(last[[c for c in cols if c in last]].to_string(index=False))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from calm_study.ray_runner import run_study
+    from calm_study.report import main_table
     from calm_study.study import load_study
     from calm_study.study_state import describe, study_trials
 
     study = load_study(args.study, args.preset, args.sets)
     path, status = run_study(study, address=args.address, fresh=args.fresh)
     df = pd.read_parquet(path)
-    _print_summary(df, study)
+    print(main_table(df, study.name))
     print(describe(study, study_trials(study), status))
     print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r})")
     return 0 if set(status.statuses.values()) <= {"completed", "stopped_early"} else 1
@@ -79,6 +67,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in trials:
         print(f"  {t.key}  {status.statuses[t.key]:<10} epochs {status.epochs_done[t.key]}/{t.config.train.epochs}  "
               f"{json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Tables (Markdown, CSV, LaTeX) and plots of a study's results, with seed statistics."""
+    from calm_study.report import write_report
+
+    name, results_dir = args.study, args.results_dir
+    if Path(args.study).suffix in (".yaml", ".yml"):
+        from calm_study.study import load_study
+
+        study = load_study(args.study, args.preset, args.sets)
+        name, results_dir = study.name, study.results_dir
+    epoch = int(args.epoch) if args.epoch.isdigit() else args.epoch
+    path, text = write_report(name, results_dir=results_dir, epoch=epoch)
+    print(text)
+    print(f"report: {path}")
     return 0
 
 
@@ -149,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="archive an earlier run of this study (storage and results moved aside) and start again")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="write results/<study>/_report/ (Markdown, CSV, LaTeX, PNG) and print the table")
+    _study_args(p)
+    p.add_argument("--epoch", default="final",
+                   help="final (default: each trial's last epoch), best (chosen on a validation split), or a number")
+    p.add_argument("--results-dir", default="results", help="where the Parquet is (a study name as STUDY)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("status", help="trials done, running, pending and failed, and the best result so far")
     _study_args(p)
     p.set_defaults(func=cmd_status)
@@ -191,6 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StudyStateError) as e:
+    except (ConfigError, StudyStateError, ReportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

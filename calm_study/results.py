@@ -3,7 +3,12 @@
 The source of truth is each Train run's `metrics.jsonl` (one line per reported epoch, written by the Train controller,
 see ray_runner.EpochLog), not Tune's result files, which lose history when a study is restored. Rows are keyed by
 (arm_id, seed, epoch, eval_set); a re-run epoch replaces the earlier line. Files are written atomically: a reader
-never sees a half-written Parquet file. results/README.md documents every column.
+never sees a half-written Parquet file. results/_README.md documents every column.
+
+results/ is one dataset partitioned by study (results/<study>/trials.parquet), so `pd.read_parquet("results")` reads
+every study. pyarrow takes the dataset's schema from the first file it finds, so every file carries the same columns
+with the same types (`conform`); anything else under results/ starts with "_" or "." (the column reference
+_README.md, each study's _report/ folder, temporary files), which pyarrow skips.
 """
 
 from __future__ import annotations
@@ -15,21 +20,41 @@ from pathlib import Path
 
 import pandas as pd
 
-from calm_study.config import DatasetRef, trial_to_dict
+from calm_study.config import DatasetRef, TrialConfig, trial_to_dict
 from calm_study.configio import flatten
 from calm_study.study import Study, Trial
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: arm_index, loss_align_dist; every file has every column below, with fixed types
+# The training log's "loss_align" term (kl/ce/mse distance) shares its name with the config column loss_align (the
+# variant): schema 1 lost the number to the config value; it is stored as loss_align_dist.
+RENAMED_TERMS = {"loss_align": "loss_align_dist"}
 RESULTS_FILE = "trials.parquet"
 METRIC_LOG = "metrics.jsonl"
+
+# Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
+# variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema.
+FIXED_COLUMNS = {
+    "schema_version": "int64", "study": "str", "arm_id": "str", "arm_index": "Int64", "seed": "int64",
+    "trial_key": "str", "trial_id": "str", "eval_set": "str", "eval_dataset": "str", "eval_split": "str",
+    "train_dataset": "str", "in_domain": "boolean", "epoch": "int64", "epochs": "int64", "status": "str",
+    "epoch_status": "str", "swept": "str",
+    **{f"{d}_{m}": "float64" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR")},
+    "skipped_videos": "Int64",
+    **{k: "float64" for k in ("loss_total", "loss_task", "loss_align_dist", "loss_align_rec", "loss_align_kl",
+                              "lr_clip", "train_s", "eval_s", "logged_at")},
+    "train_skipped_videos": "Int64", "checkpoint": "str",
+}
 
 
 def read_metric_log(path: Path) -> list[dict]:
     """The epochs of one run's metrics.jsonl, one dict per epoch (the last line wins for a repeated epoch)."""
-    if not path.is_file():
-        return []
+    return parse_metric_log(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def parse_metric_log(text: str) -> list[dict]:
+    """The epochs of a metrics.jsonl text (see read_metric_log)."""
     by_epoch: dict[int, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if line.strip():
             try:
                 rec = json.loads(line)
@@ -50,17 +75,20 @@ def config_columns(trial: Trial) -> dict:
     return cols
 
 
-def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_id: str = "") -> list[dict]:
+def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_id: str = "",
+               arm_index: int | None = None) -> list[dict]:
     """Rows for one trial: every logged epoch x every evaluation set of its config."""
     rows = []
     cfg_cols = config_columns(trial)
     for rec in log:
-        common = {k: v for k, v in rec.items() if not k.startswith("eval/") and k not in ("status", "checkpoint")}
+        common = {RENAMED_TERMS.get(k, k): v for k, v in rec.items()
+                  if not k.startswith("eval/") and k not in ("status", "checkpoint")}
         for ref in trial.config.data.eval:
             prefix = f"eval/{ref.label}/"
             metrics = {k[len(prefix):]: v for k, v in rec.items() if k.startswith(prefix)}
             rows.append({
-                "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "seed": trial.seed,
+                "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "arm_index": arm_index,
+                "seed": trial.seed,
                 "trial_key": trial.key, "trial_id": trial_id, "eval_set": ref.label, "eval_dataset": ref.dataset,
                 "eval_split": ref.split, "train_dataset": trial.config.data.train.dataset,
                 "in_domain": _same_domain(trial.config.data.train, ref), "epoch": int(rec["epoch"]),
@@ -92,15 +120,70 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
 
 def build_results(study: Study, trials: list[Trial], logs: dict[str, list[dict]], statuses: dict[str, str],
                   trial_ids: dict[str, str] | None = None) -> pd.DataFrame:
-    """The study's frame: logs and statuses are keyed by Trial.key."""
+    """The study's frame (see `conform`): logs and statuses are keyed by Trial.key; `trials` in expansion order."""
     rows, trial_ids = [], trial_ids or {}
+    order = {arm: i for i, arm in enumerate(dict.fromkeys(t.arm_id for t in trials))}  # the study file's row order
     for t in trials:
-        rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), trial_ids.get(t.key, ""))
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df = df.sort_values(["arm_id", "seed", "epoch", "eval_set"], kind="stable").reset_index(drop=True)
-    return df
+        rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), trial_ids.get(t.key, ""),
+                           order[t.arm_id])
+    return conform(pd.DataFrame(rows))
 
 
 def results_path(study: Study) -> Path:
     return Path(study.results_dir) / study.name / RESULTS_FILE
+
+
+def config_dtypes() -> dict[str, str]:
+    """dtype of every trial-config column, from the type of its default value (None and JSON columns: str)."""
+    cols = config_columns(Trial("", 0, TrialConfig(), {}))
+    kinds = {bool: "boolean", int: "int64", float: "float64"}  # bool first: isinstance(True, int)
+    return {k: next((d for t, d in kinds.items() if type(v) is t), "str") for k, v in cols.items()}
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Every documented column, in a fixed order and with fixed types (missing ones as nulls); extra columns last.
+
+    Rows are sorted by (arm_index, arm_id, seed, epoch, eval_set): the study file's arm order.
+    """
+    dtypes = {**FIXED_COLUMNS, **config_dtypes()}
+    out = pd.DataFrame(index=df.index)
+    for col, dtype in dtypes.items():
+        values = df[col] if col in df else pd.Series(None, index=df.index, dtype=object)
+        if dtype in ("int64", "Int64") and (dtype == "Int64" or values.isna().any()):
+            dtype = "Int64"  # nullable (a column an older file lacks); the same int64 in Parquet
+            values = values.astype("float64")
+        out[col] = values.astype(dtype)
+    out = pd.concat([out, df[[c for c in df.columns if c not in dtypes]]], axis=1)
+    if out.empty:
+        return out
+    return out.sort_values(["arm_index", "arm_id", "seed", "epoch", "eval_set"], kind="stable").reset_index(drop=True)
+
+
+def studies(results_dir: str | Path = "results") -> list[str]:
+    """Names of the studies with a results file under results_dir."""
+    root = Path(results_dir)
+    return sorted(p.parent.name for p in root.glob(f"*/{RESULTS_FILE}") if not p.parent.name.startswith(("_", ".")))
+
+
+def load(study: str | None = None, results_dir: str | Path = "results") -> pd.DataFrame:
+    """One study's rows (every study's when `study` is None) as a tidy frame: one row per (trial, epoch, eval set).
+
+    Files written by an older schema version are brought to the current one (columns they lack are null).
+    """
+    names = studies(results_dir) if study is None else [study]
+    if not names:
+        raise FileNotFoundError(f"no study results under {str(results_dir)!r}")
+    frames = []
+    for name in names:
+        path = Path(results_dir) / name / RESULTS_FILE
+        if not path.is_file():
+            have = studies(results_dir)
+            raise FileNotFoundError(
+                f"no results for study {name!r}: {str(path)!r} does not exist (studies with results in "
+                f"{str(results_dir)!r}: {', '.join(have) or 'none'}); run the study first")
+        df = pd.read_parquet(path)
+        if not df.empty and int(df["schema_version"].max()) > SCHEMA_VERSION:
+            raise ValueError(f"{path} was written with schema version {int(df['schema_version'].max())}; this "
+                             f"calm_study reads versions up to {SCHEMA_VERSION}: update calm_study")
+        frames.append(conform(df))
+    return conform(pd.concat(frames, ignore_index=True)) if len(frames) > 1 else frames[0]

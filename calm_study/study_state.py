@@ -243,7 +243,8 @@ def describe(study: Study, trials: list[Trial], status: StudyStatus) -> str:
         if s == "incomplete":
             lines.append(f"  incomplete: {k} after {status.epochs_done[k]}/{arms[k].config.train.epochs} epochs")
     if status.best:
-        lines.append(f"  best so far: {metric_key(study)} = {status.best[1]:.2f} ({status.best[0]} "
-                     f"{json.dumps(arms[status.best[0]].swept, sort_keys=True)})")
+        key, value = status.best
+        lines.append(f"  best epoch so far (progress only): {metric_key(study)} = {value:.2f} ({key} "
+                     f"{json.dumps(arms[key].swept, sort_keys=True)})")
     return "\n".join(lines)
 

@@ -141,7 +141,7 @@ def test_a_diverging_trial_ends_diverged_while_the_others_finish(tmp_path, data_
     assert sorted(len(e) for e in lines.values()) == [1, 2]  # the diverged trial ran once, no retries
     status = subprocess.run([sys.executable, "-m", "calm_study", "status", str(path)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
-    assert "1 completed, 1 diverged" in status.stdout and "best so far" in status.stdout
+    assert "1 completed, 1 diverged" in status.stdout and "best epoch so far" in status.stdout
 
 
 def test_two_node_cluster_loses_a_node_and_the_study_completes(tmp_path, data_cache):

@@ -1,13 +1,26 @@
-"""Parquet rows from metric logs: keys, de-duplication of re-run epochs, config columns, atomic writes."""
+"""Parquet rows from metric logs: keys, de-duplication of re-run epochs, config columns, atomic writes, and
+results/ read as one dataset partitioned by study."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from calm_study.results import build_results, read_metric_log, write_parquet_atomic
+from calm_study.results import (
+    SCHEMA_VERSION,
+    build_results,
+    conform,
+    load,
+    read_metric_log,
+    results_path,
+    studies,
+    write_parquet_atomic,
+)
 from calm_study.study import expand, load_study
+
+REPO = Path(__file__).resolve().parents[1]
 
 STUDY = """
 name: r
@@ -21,9 +34,9 @@ search:
 """
 
 
-def epoch_record(epoch, r1, status="running"):
+def epoch_record(epoch, r1, status="running", **terms):
     return {"epoch": epoch, "loss_total": 1.0 / epoch, "train_s": 2.0, "status": status,
-            "eval/a/t2v_R1": r1, "eval/b/t2v_R1": r1 / 2, "checkpoint": f"/ck/{epoch}"}
+            "eval/a/t2v_R1": r1, "eval/b/t2v_R1": r1 / 2, "checkpoint": f"/ck/{epoch}", **terms}
 
 
 def test_metric_log_keeps_the_last_line_of_a_repeated_epoch_and_skips_a_torn_line(tmp_path):
@@ -47,7 +60,8 @@ def test_rows_per_trial_epoch_and_eval_set(tmp_path):
     assert not df.duplicated(["arm_id", "seed", "epoch", "eval_set"]).any()
     row = df[(df.trial_key == trials[0].key) & (df.epoch == 2) & (df.eval_set == "b")].iloc[0]
     assert row.t2v_R1 == 10.0 and row.status == "completed" and row.anchors_count == trials[0].config.anchors.count
-    assert row.loss_align == trials[0].config.loss.align and row.study == "r" and row.schema_version == 1
+    assert row.loss_align == trials[0].config.loss.align and row.study == "r" and row.schema_version == SCHEMA_VERSION
+    assert df.drop_duplicates("arm_id").arm_index.tolist() == [0, 1]  # the study file's order
     assert set(df[df.trial_key == trials[1].key].status) == {"error"}
     assert {"anchors_source", "anchors_tau", "loss_alpha", "vae_latent_dim", "seed", "train_s", "data_train"} <= set(df)
 
@@ -60,3 +74,66 @@ def test_parquet_is_written_atomically_and_a_failed_write_keeps_the_old_file(tmp
         write_parquet_atomic(pd.DataFrame({"x": [object()]}), path)  # not serialisable
     assert pd.read_parquet(path).x.tolist() == [1, 2]
     assert [p.name for p in path.parent.iterdir()] == ["trials.parquet"]  # no temporary file left behind
+
+
+def study_results(tmp_path, name, combinations, log_terms):
+    """A study's frame as the runner writes it: every trial completed, with the given training terms logged."""
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(STUDY.replace("name: r", f"name: {name}").replace(
+        "combinations: [{anchors.count: 0, loss.align: none}, {anchors.count: 157}]", f"combinations: {combinations}")
+        + f"results_dir: {tmp_path / 'results'}\n")
+    study = load_study(f)
+    trials = expand(study)
+    logs = {t.key: [epoch_record(1, 10.0, **log_terms), epoch_record(2, 20.0, "completed", **log_terms)]
+            for t in trials}
+    df = build_results(study, trials, logs, dict.fromkeys(logs, "completed"))
+    write_parquet_atomic(df, results_path(study))
+    return df
+
+
+def test_results_folder_reads_as_one_dataset_partitioned_by_study(tmp_path):
+    # Different studies log different terms (kl vs vae) and leave different columns null: the files still agree.
+    kl = study_results(tmp_path, "losses", "[{loss.align: kl}]", {"loss_align": 0.5})
+    vae = study_results(tmp_path, "anchors", "[{anchors.count: 0, loss.align: none}, {anchors.count: 20}]",
+                        {"loss_align_rec": 1.5, "loss_align_kl": 0.1})
+    root = tmp_path / "results"
+    (root / "_README.md").write_text("# columns")  # what sits next to the studies in the repository
+    (root / "anchors" / "_report").mkdir()
+    (root / "anchors" / "_report" / "report.md").write_text("# a report")
+    everything = pd.read_parquet(root)
+    assert len(everything) == len(kl) + len(vae) and set(everything.study) == {"losses", "anchors"}
+    assert list(everything.columns) == list(kl.columns) == list(vae.columns)
+    assert set(everything[everything.study == "losses"].loss_align_dist) == {0.5}  # not overwritten by the config
+    assert set(everything[everything.study == "losses"].loss_align) == {"kl"}
+    assert everything[everything.study == "losses"].loss_align_rec.isna().all()
+    assert everything[everything.study == "anchors"].loss_align_kl.notna().all()
+    assert len(pd.read_parquet(root / "anchors")) == len(vae)  # one study, the report folder is skipped
+
+    assert studies(root) == ["anchors", "losses"]
+    tidy = load("anchors", root)
+    pd.testing.assert_frame_equal(tidy, vae)
+    assert tidy.arm_index.is_monotonic_increasing and (tidy.schema_version == SCHEMA_VERSION).all()
+    assert len(load(results_dir=root)) == len(everything)
+    with pytest.raises(FileNotFoundError, match="no results for study 'nope'.*anchors, losses"):
+        load("nope", root)
+
+
+def test_load_brings_an_older_file_to_the_current_schema(tmp_path):
+    old = pd.DataFrame({"schema_version": [1], "study": ["s"], "arm_id": ["x"], "seed": [0], "epoch": [1],
+                        "epochs": [1], "eval_set": ["a"], "t2v_R1": [12.5]})
+    write_parquet_atomic(old, tmp_path / "s" / "trials.parquet")
+    df = load("s", tmp_path)
+    assert list(df.columns) == list(conform(pd.DataFrame()).columns)
+    assert df.t2v_R1.tolist() == [12.5] and df.arm_index.isna().all() and df.schema_version.tolist() == [1]
+    newer = old.assign(schema_version=SCHEMA_VERSION + 1)
+    write_parquet_atomic(newer, tmp_path / "s" / "trials.parquet")
+    with pytest.raises(ValueError, match="update calm_study"):
+        load("s", tmp_path)
+
+
+def test_every_column_is_documented():
+    documented = (REPO / "results" / "_README.md").read_text()
+    columns = conform(pd.DataFrame()).columns
+    missing = [c for c in columns if f"`{c}`" not in documented and not c.startswith("data_synthetic_")]
+    assert not missing, f"columns missing from results/_README.md: {missing}"
+    assert not (REPO / "results" / "README.md").exists()  # it would make pd.read_parquet('results') fail

@@ -14,7 +14,8 @@ from calm_study.study import expand, load_study
 from calm_study.study_state import StudyFiles, study_status, study_trials
 
 SPACE = {"loss.alpha": {"loguniform": [0.01, 1.0]}, "vae.latent_dim": {"choice": [64, 128]},
-         "anchors.count": {"int": [10, 20]}, "train.batch_size": {"qint": [8, 32, 8]}, "anchors.tau": {"uniform": [5, 9]}}
+         "anchors.count": {"int": [10, 20]}, "train.batch_size": {"qint": [8, 32, 8]},
+         "anchors.tau": {"uniform": [5, 9]}}
 
 
 def study_file(tmp_path, **search):

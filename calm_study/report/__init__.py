@@ -1,0 +1,91 @@
+"""`python -m calm_study report STUDY`: tables a reviewer can trust, from a study's Parquet.
+
+    from calm_study.report import write_report, main_table
+    path, text = write_report("anchor_ablation")          # results/anchor_ablation/_report/report.md (+ csv, tex, png)
+    print(main_table(df, "anchor_ablation"))               # the first applicable table, as text (end of a run)
+
+Every cell aggregates over seeds (mean, sd, n, 95% t-interval; stats.py); comparisons with the baseline row are paired
+by seed (select.py defines the baseline); the epoch is explicit (select.py); the paper's numbers are shipped data
+(paper.py). The files go to a folder whose name starts with "_", so `pd.read_parquet("results/<study>")` skips them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from calm_study.report.cells import Table, domain_drop
+from calm_study.report.select import ReportError, Selection
+from calm_study.report.tables import build_tables
+
+__all__ = ["ReportError", "Table", "build_tables", "domain_drop", "main_table", "write_report", "report_dir"]
+
+REPORT_DIR = "_report"
+DEFINITIONS = """\
+## How to read these tables
+
+- **Cells**: mean ± sample sd over seeds; *n* = seeds with a value; 95% interval = mean ± t(0.975, n−1)·sd/√n. A cell
+  with n = 1 has no sd and no interval.
+- **Δ vs baseline**: per-seed differences (row − baseline) over the seeds both have, their mean and 95% t-interval;
+  seeds only one side has are left out and counted in the notes. *distinguishable* = the interval excludes 0
+  ("n/a" with fewer than 2 pairs). The baseline of a row is the arm without anchors (`loss_align` none) trained on
+  the same data, or, without one, the first arm of the study file.
+- **Drop** (cross-domain): in-domain R@1 − mean out-of-domain R@1 of the same trained model; a method's average drop
+  is, per seed, the mean over its training sets.
+- **Paper**: a value from the paper is printed only where the study matches the paper's table (layout, row settings,
+  metric and dataset); "—" where it is not available (see the last section).
+"""
+
+
+def report_dir(study_name: str, results_dir: str | Path = "results") -> Path:
+    return Path(results_dir) / study_name / REPORT_DIR
+
+
+def _title(df: pd.DataFrame, study_name: str, sel: Selection) -> str:
+    trials = sel.rows.drop_duplicates(["arm_id", "seed"])
+    return (f"{study_name}: {trials.arm_id.nunique()} arm(s), seeds {sorted(trials.seed.unique().tolist())}, "
+            f"{len(trials)} trial(s) at the {sel.label}; left out: {sel.excluded_text()}")
+
+
+def main_table(df: pd.DataFrame, study_name: str, epoch: str | int = "final") -> str:
+    """The study's main table (the first applicable layout) as plain text, for the console."""
+    from calm_study.report.render import to_text
+    from calm_study.results import conform
+
+    try:
+        sel, tables = build_tables(conform(df), epoch)
+    except ReportError as e:
+        return f"{study_name}: no table yet ({e})"
+    return _title(df, study_name, sel) + "\n" + to_text(tables[0])
+
+
+def write_report(study_name: str, results_dir: str | Path = "results", epoch: str | int = "final",
+                 out_dir: str | Path | None = None) -> tuple[Path, str]:
+    """Write report.md, one CSV + LaTeX file per table and the PNG figures; returns (report.md, the main table text).
+
+    Raises FileNotFoundError for a study without results and ReportError when it cannot be reported as asked
+    (e.g. epoch='best' without a validation set).
+    """
+    from calm_study.report import paper
+    from calm_study.report.plots import plot
+    from calm_study.report.render import to_markdown, to_text, write_files
+    from calm_study.results import RESULTS_FILE, SCHEMA_VERSION, load
+
+    df = load(study_name, results_dir)
+    sel, tables = build_tables(df, epoch)
+    out = Path(out_dir) if out_dir is not None else report_dir(study_name, results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = Path(results_dir) / study_name / RESULTS_FILE
+    parts = [f"# Study `{study_name}`: results", "",
+             f"Source: `{source}` ({len(df)} rows, schema version {SCHEMA_VERSION}). "
+             f"{_title(df, study_name, sel)}.", "", f"Main table: **{tables[0].title}**.", "", DEFINITIONS]
+    for table in tables:
+        image = plot(table, out / f"{table.key}.png")
+        write_files(table, out)
+        parts.append(to_markdown(table, image.name if image else None))
+    parts += ["## The paper's numbers in this repository", ""]
+    parts += [f"- {line}" for line in paper.status_lines()]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path, _title(df, study_name, sel) + "\n" + to_text(tables[0])

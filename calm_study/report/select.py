@@ -1,0 +1,158 @@
+"""Which rows a report reads: the epoch of each trial, its arms and their labels, and each arm's baseline.
+
+Epoch rules (every table caption names the one used):
+- "final" (default): each trial's last epoch (epoch == epochs). Trials that did not get there (incomplete, error,
+  diverged) are excluded and counted.
+- "best": per trial, the epoch with the best t2v R@1 on its in-domain *validation* set (eval_split "val"); the test
+  sets are read at that epoch. A study without a validation set is refused: choosing the epoch on the test set would
+  report an optimistically biased number.
+- an integer N: epoch N of every trial that has it.
+
+Baseline of an arm: among the arms trained on the same data (`data_train`), the arm with `loss_align == "none"` (no
+anchors: the paper's T-MASS row); if there is none, the first arm in the study file's order. Comparisons are always
+against the baseline of the same training set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from calm_study.configio import flatten
+
+VAL_SPLITS = ("val", "validation")
+SELECT_METRIC = "t2v_R1"  # what "best" maximises on the validation set
+TRIAL = ["arm_id", "seed"]
+
+
+class ReportError(ValueError):
+    """The results cannot be reported as asked (no such study, no validation set for epoch='best', no rows)."""
+
+
+@dataclass
+class Selection:
+    rows: pd.DataFrame  # the chosen epoch's rows (every eval set) of every included trial
+    label: str  # how the epoch was chosen, for captions
+    excluded: dict[str, int] = field(default_factory=dict)  # trial status -> trials left out
+
+    def excluded_text(self) -> str:
+        if not self.excluded:
+            return "none"
+        return ", ".join(f"{n} {s}" for s, n in sorted(self.excluded.items()))
+
+
+def _reached_final(df: pd.DataFrame) -> pd.Series:
+    return (df.epoch == df.epochs) & (df.epoch_status.fillna("") != "diverged")
+
+
+def _excluded(df: pd.DataFrame, kept: pd.DataFrame) -> dict[str, int]:
+    trials = df.drop_duplicates(TRIAL).set_index(TRIAL)
+    left = trials.index.difference(kept.drop_duplicates(TRIAL).set_index(TRIAL).index)
+    return trials.loc[left].status.fillna("unknown").value_counts().to_dict() if len(left) else {}
+
+
+def select_epoch(df: pd.DataFrame, epoch: str | int = "final") -> Selection:
+    """The rows a report uses; see the module docstring for the rules."""
+    if df.empty:
+        raise ReportError("the study has no result rows yet")
+    if epoch == "final":
+        rows = df[_reached_final(df)]
+        n_epochs = "/".join(str(e) for e in sorted(rows.epochs.unique()))
+        label = f"final epoch (epoch {n_epochs})" if n_epochs else "final epoch"
+        return Selection(rows.reset_index(drop=True), label, _excluded(df, rows))
+    if epoch == "best":
+        return _best(df)
+    if isinstance(epoch, int) or (isinstance(epoch, str) and epoch.isdigit()):
+        rows = df[df.epoch == int(epoch)]
+        return Selection(rows.reset_index(drop=True), f"epoch {int(epoch)}", _excluded(df, rows))
+    raise ReportError(f"epoch: {epoch!r} is not valid; use 'final' (default), 'best' (needs a validation set) or an "
+                      "epoch number")
+
+
+def _best(df: pd.DataFrame) -> Selection:
+    val = df[df.eval_split.isin(VAL_SPLITS) & df.in_domain.fillna(False).astype(bool)]
+    if val.empty:
+        sets = ", ".join(f"{s} ({sp})" for s, sp in df.drop_duplicates("eval_set")[["eval_set", "eval_split"]].values)
+        raise ReportError(
+            "epoch='best' needs an in-domain validation set (an evaluation set with split 'val') to choose each "
+            f"trial's epoch on; this study evaluates on: {sets}. Choosing the epoch on a test set would bias every "
+            "number upwards: use epoch='final', or add a validation split to data.eval and re-run")
+    done = df[_reached_final(df)].drop_duplicates(TRIAL)[TRIAL]
+    val = val.merge(done, on=TRIAL).dropna(subset=[SELECT_METRIC])
+    # Earliest epoch among ties: a stable sort by epoch, then the first maximum per trial.
+    best = (val.sort_values(TRIAL + ["epoch"]).sort_values(SELECT_METRIC, ascending=False, kind="stable")
+            .drop_duplicates(TRIAL)[TRIAL + ["epoch"]])
+    rows = df.merge(best, on=TRIAL + ["epoch"])
+    names = ", ".join(sorted(val.eval_set.unique()))
+    label = f"best epoch per trial by validation {SELECT_METRIC.replace('_', ' ')} on {names} (labelled 'best')"
+    return Selection(rows.reset_index(drop=True), label, _excluded(df, rows))
+
+
+def swept_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of the swept keys, in the order the study lists them ('data.train' -> data_train)."""
+    keys: list[str] = []
+    for text in df.drop_duplicates("arm_id").sort_values(["arm_index", "arm_id"]).swept.fillna("{}"):
+        for k, v in json.loads(text).items():
+            if k == "data.train":
+                keys.append("data_train")
+            elif isinstance(v, dict):  # a whole section or nested mapping was swept: one column per leaf
+                keys += [f"{k}.{sub}".replace(".", "_") for sub in flatten(v)]
+            else:
+                keys.append(k.replace(".", "_"))
+    return [k for k in dict.fromkeys(keys) if k in df.columns]
+
+
+def swept_values(df: pd.DataFrame, column: str) -> list:
+    """The raw swept values of a column's key over the arms (to tell numbers from labels)."""
+    out = []
+    for text in df.drop_duplicates("arm_id").swept.fillna("{}"):
+        out += [v for k, v in flatten(json.loads(text)).items() if k.replace(".", "_") == column]
+    return out
+
+
+def arm_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm (index arm_id) with its config columns and `order` (the study file's arm order)."""
+    arms = df.drop_duplicates("arm_id").copy()
+    if arms.arm_index.isna().any():  # files before schema 2 have no arm order: sort by the swept values
+        arms = arms.sort_values("swept")
+        arms["order"] = range(len(arms))
+    else:
+        arms["order"] = arms.arm_index.astype(int)
+    arms = arms.sort_values("order").set_index("arm_id")
+    no_anchors = arms.anchors_count == 0
+    arms["anchors_source"] = arms.anchors_source.astype(object).where(~no_anchors, "none")  # unused without anchors
+    return arms
+
+
+def varying(arms: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [c for c in columns if arms[c].astype(str).nunique() > 1]
+
+
+def label_columns(arms: pd.DataFrame, primary: list[str], candidates: list[str]) -> list[str]:
+    """primary + the other varying candidates that tell arms apart beyond what the primary columns already say."""
+    out = list(primary)
+    for c in varying(arms, candidates):
+        if c not in out and arms.groupby(out, dropna=False)[c].nunique(dropna=False).max() > 1:
+            out.append(c)
+    return out
+
+
+def independent(arms: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The varying columns, without those that another one of them determines (K 0 <-> align none: keep one)."""
+    keep = varying(arms, columns)
+    for c in list(keep):
+        if any(arms.groupby(o, dropna=False)[c].nunique(dropna=False).max() <= 1 for o in keep if o != c):
+            keep.remove(c)
+    return keep
+
+
+def baselines(arms: pd.DataFrame) -> dict[str, str]:
+    """arm_id -> the arm_id of its baseline (see the module docstring)."""
+    out = {}
+    for _, group in arms.groupby("data_train", sort=False):
+        none = group[group.loss_align == "none"]
+        base = (none if len(none) else group).sort_values("order").index[0]
+        out.update(dict.fromkeys(group.index, base))
+    return out

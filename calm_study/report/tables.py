@@ -1,0 +1,164 @@
+"""The report's tables, chosen from what the study sweeps; every row is one arm (or one method), never a mix.
+
+- Table 6 layout (anchors.* swept, at least two anchor settings besides the baseline): rows = (count, source),
+  columns = in-domain R@1, R@5, MnR.
+- Table 7 layout (loss.align swept, at least two losses besides `none`): rows = alignment loss, columns = in-domain
+  R@1, R@5 and out-of-domain R@1, R@5 (several out-of-domain test sets: their mean per trial).
+- Cross-domain (data.train swept): the train × test matrix of R@1 (Tables 1-3), and per method the average drop from
+  in-domain to out-of-domain R@1 (cells.domain_drop), averaged over the training sets.
+- Sensitivity: in-domain R@1 against each swept numeric key with at least two values besides the baseline.
+- Otherwise one row per arm with in-domain R@1, R@5, MnR.
+Label columns: a layout's own columns plus any other swept column needed to tell its rows apart.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from calm_study.report import paper
+from calm_study.report.cells import Metric, Table, TrialValues, aggregate, label_text, trial_values
+from calm_study.report.render import pretty
+from calm_study.report.select import (
+    ReportError,
+    Selection,
+    arm_frame,
+    baselines,
+    independent,
+    label_columns,
+    select_epoch,
+    swept_columns,
+    swept_values,
+)
+
+STATS = "mean ± sd over seeds; n = seeds; 95% t-interval; Δ = paired-by-seed difference from the baseline row"
+
+
+def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selection, list[Table]]:
+    """The selection used and every applicable table, the main one first."""
+    sel = select_epoch(df, epoch)
+    if sel.rows.empty:
+        raise ReportError(f"no trial has a row at the {sel.label} (trials left out: {sel.excluded_text()})")
+    if sel.rows.in_domain.isna().all():
+        raise ReportError("these results do not say which evaluation sets are in-domain (a Parquet written before "
+                          "the in_domain column): run the study again to rebuild it from its metric logs")
+    vals = trial_values(sel)
+    arms = arm_frame(sel.rows)
+    swept = swept_columns(df)
+    treated = arms[arms.loss_align != "none"]
+    treated = treated if len(treated) else arms
+    tables = []
+    if any(c.startswith("anchors_") for c in swept) and len(treated[["anchors_count", "anchors_source"]]
+                                                              .drop_duplicates()) >= 2:
+        tables.append(_in_domain_table(sel, vals, arms, swept, "table6", ["anchors_count", "anchors_source"]))
+    if "loss_align" in swept and treated.loss_align.nunique() >= 2:
+        tables.append(_table7(sel, vals, arms, swept))
+    if arms.data_train.nunique() >= 2:
+        tables += _cross_domain(sel, vals, arms, swept)
+    for col in swept:
+        numbers = swept_values(df, col)
+        if (numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+                and treated[col].nunique() >= 2):
+            tables.append(_in_domain_table(sel, vals, arms, swept, f"sensitivity_{col}", [col], x=col))
+    if not tables:
+        tables.append(_in_domain_table(sel, vals, arms, swept, "arms", []))
+    return sel, tables
+
+
+def _units(arms: pd.DataFrame, labels: list[str], x: str | None = None) -> pd.DataFrame:
+    if x is None:
+        return arms
+    series = [c for c in labels if c != x]  # lines in the order the study lists them, points along x
+    first = arms[series].astype(str).agg("|".join, axis=1) if series else pd.Series("", index=arms.index)
+    rank = first.map({k: i for i, k in enumerate(dict.fromkeys(first))})
+    return arms.assign(_line=rank).sort_values(["_line", x, "order"], kind="stable").drop(columns="_line")
+
+
+def _values(vals: TrialValues, keys: list[str]) -> pd.DataFrame:
+    return vals.wide.rename(columns={"arm_id": "unit"})[["unit", "seed"] + keys]
+
+
+def _add_paper(frame: pd.DataFrame, table: str, metrics: list[Metric], vals: TrialValues) -> list[str]:
+    """Paper columns K_paper and K_minus_paper (ours − paper); returns the sources used, for the notes."""
+    sources = []
+    for m in (m for m in metrics if m.paper):
+        found = [paper.lookup(table, row, m.key, vals.in_domain_of.get(row.unit, ("", ""))[1])
+                 for _, row in frame.iterrows()]
+        frame[f"{m.key}_paper"] = [f.value if f else float("nan") for f in found]
+        frame[f"{m.key}_minus_paper"] = frame[f"{m.key}_mean"] - frame[f"{m.key}_paper"]
+        sources += [f"paper {m.name} ({m.group or 'in-domain'}): {f.source}" for f in found if f]
+    return list(dict.fromkeys(sources))
+
+
+def _paper_note(table: str, sources: list[str], vals: TrialValues) -> list[str]:
+    if sources:
+        return sources
+    datasets = sorted({d for _, d in vals.in_domain_of.values()})
+    return [f"paper values: none match (CALM Table {table}: {paper.paper_data()['tables'][table]['status']}; this "
+            f"study's in-domain test data: {', '.join(datasets)}), so the paper columns show —"]
+
+
+def _in_domain_table(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[str], key: str,
+                     primary: list[str], x: str | None = None) -> Table:
+    if x is None:
+        labels = label_columns(arms, primary, swept)
+    else:  # a line per combination of the other swept settings
+        labels = [x] + independent(arms, [c for c in swept if c != x])
+    paper_table = "6" if key == "table6" else ""
+    metrics = [Metric("id_t2v_R1", "R@1", delta=True, paper=bool(paper_table), plot=True),
+               Metric("id_t2v_R5", "R@5"), Metric("id_t2v_MnR", "MnR")]
+    units = _units(arms, labels, x)
+    frame = aggregate(_values(vals, [m.key for m in metrics]), units, labels, baselines(arms), metrics)
+    notes = _paper_note(paper_table, _add_paper(frame, paper_table, metrics, vals), vals) if paper_table else []
+    sets = ", ".join(vals.in_domain_sets)
+    titles = {"table6": "Table 6 layout: anchor count and source", "arms": "Arms"}
+    title = titles.get(key, f"Sensitivity: in-domain R@1 against {pretty(x or '')}")
+    caption = f"text→video retrieval on the in-domain test set ({sets}) at the {sel.label}; {STATS}."
+    return Table(key, title, caption, labels, metrics, frame, notes, x)
+
+
+def _table7(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[str]) -> Table:
+    labels = label_columns(arms, ["loss_align"], swept)
+    metrics = [Metric("id_t2v_R1", "R@1", "in-domain", delta=True, paper=True, plot=True),
+               Metric("id_t2v_R5", "R@5", "in-domain"),
+               Metric("ood_t2v_R1", "R@1", "out-of-domain", delta=True, paper=True, plot=True),
+               Metric("ood_t2v_R5", "R@5", "out-of-domain")]
+    frame = aggregate(_values(vals, [m.key for m in metrics]), arms, labels, baselines(arms), metrics)
+    notes = _paper_note("7", _add_paper(frame, "7", metrics, vals), vals)
+    ood = ", ".join(vals.ood_sets) or "none"
+    if len(vals.ood_sets) > 1:
+        notes.append(f"out-of-domain = the mean over {ood} per trial")
+    caption = (f"text→video retrieval, in-domain ({', '.join(vals.in_domain_sets)}) and out-of-domain ({ood}) test "
+               f"sets, at the {sel.label}; {STATS}.")
+    return Table("table7", "Table 7 layout: alignment loss", caption, labels, metrics, frame, notes)
+
+
+def _cross_domain(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[str]) -> list[Table]:
+    method_cols = independent(arms, [c for c in swept if c != "data_train"])
+    labels = method_cols + ["data_train"]
+    metrics = [Metric(f"R1@{s}", s, plot=True) for s in vals.test_sets]
+    metrics.append(Metric("drop", "drop", delta=True))
+    frame = aggregate(_values(vals, [m.key for m in metrics]), arms, labels, baselines(arms), metrics)
+    for s in vals.test_sets:  # which cells are in-domain, for bold type
+        frame[f"R1@{s}_in_domain"] = [vals.in_domain_of.get(a, ("", ""))[0] == s for a in frame.unit]
+    refs = paper.references({d for _, d in vals.in_domain_of.values()})
+    notes = [f"in-domain cells are bold; paper values: {paper.paper_data()['tables']['1']['status']} (Tables 1-3)"]
+    notes += [f"reference: {r['what']}: {r['dataset']} {r['metric']} {r['value']} ({r['source']})" for r in refs]
+    caption = (f"text→video R@1 (%) of a model trained on each training set (rows) on each test set (columns), at "
+               f"the {sel.label}; "
+               f"drop = in-domain R@1 − mean out-of-domain R@1 of the same model; {STATS} (same training set).")
+    matrix = Table("cross_domain", "Cross-domain: train × test R@1 (Tables 1-3 layout)", caption, labels, metrics,
+                   frame, notes)
+    # Drop per method: per seed, the mean over training sets of each trained model's drop.
+    method = arms[method_cols].apply(lambda r: label_text(r, method_cols), axis=1) if method_cols else \
+        pd.Series("(base)", index=arms.index)
+    per_seed = vals.wide.assign(unit=vals.wide.arm_id.map(method)).groupby(["unit", "seed"], as_index=False)["drop"]
+    values = per_seed.mean()
+    units = arms.assign(unit=method).sort_values("order").drop_duplicates("unit").set_index("unit")
+    base_arm = baselines(arms)
+    base = {u: method[base_arm[a]] for a, u in method.items()}
+    drop = [Metric("drop", "average drop", delta=True, plot=True)]
+    frame = aggregate(values, units, method_cols, base, drop)
+    caption = (f"per method, the average drop from in-domain to out-of-domain text→video R@1 (points; lower = better "
+               f"generalisation) over the training sets {', '.join(sorted(arms.data_train.unique()))}, at the "
+               f"{sel.label}; {STATS}.")
+    return [matrix, Table("drops", "Cross-domain: average drop per method", caption, method_cols, drop, frame)]
