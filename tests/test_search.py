@@ -86,3 +86,26 @@ def test_sampled_trials_are_found_in_storage_and_exported_to_optuna(tmp_path):
     states = {t.user_attrs["trial_key"]: (t.state.name, t.value, t.params["vae.latent_dim"]) for t in db.trials}
     assert states == {"arm0-s0": ("COMPLETE", 30.0, 64), "arm1-s0": ("PRUNED", None, 128)}
     assert db.best_value == 30.0
+
+
+def test_report_section_for_an_optuna_database(tmp_path):
+    from calm_study.report.optuna_section import optuna_section
+
+    dists = {"loss.alpha": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
+             "vae.latent_dim": optuna.distributions.CategoricalDistribution([64, 128])}
+    db = tmp_path / "_optuna.db"
+    s = optuna.create_study(storage=f"sqlite:///{db}", study_name="h", direction="maximize")
+    for i, (alpha, d, value) in enumerate([(0.02, 64, 10.0), (0.5, 128, 30.0), (0.1, 64, 20.0)]):
+        s.add_trial(optuna.trial.create_trial(params={"loss.alpha": alpha, "vae.latent_dim": d}, distributions=dists,
+                                              value=value, user_attrs={"trial_key": f"k{i}"}))
+    s.add_trial(optuna.trial.create_trial(params={"loss.alpha": 0.3, "vae.latent_dim": 64}, distributions=dists,
+                                          state=optuna.trial.TrialState.PRUNED))
+    lines = optuna_section("h", db, tmp_path)
+    text = "\n".join(lines)
+    assert "4 trials: 3 completed, 1 stopped early" in text
+    best_rows = [line for line in lines if line.startswith("| k")]
+    assert [row.split("|")[1].strip() for row in best_rows] == ["k1", "k2", "k0"]  # best first
+    assert "Parameter importance" in text and "| loss.alpha |" in text
+    assert (tmp_path / "optuna_loss_alpha.png").stat().st_size > 0
+    assert (tmp_path / "optuna_vae_latent_dim.png").is_file()
+    assert optuna_section("h", tmp_path / "missing.db", tmp_path) == []

@@ -84,6 +84,9 @@ def write_report(study_name: str, results_dir: str | Path = "results", epoch: st
         image = plot(table, out / f"{table.key}.png")
         write_files(table, out)
         parts.append(to_markdown(table, image.name if image else None))
+    from calm_study.report.optuna_section import optuna_section
+
+    parts += optuna_section(study_name, Path(results_dir) / study_name / "_optuna.db", out)
     parts += ["## The paper's numbers in this repository", ""]
     parts += [f"- {line}" for line in paper.status_lines()]
     path = out / "report.md"
