@@ -112,6 +112,10 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
     try:
         df.to_parquet(tmp, index=False)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a file-size limit, a vanished folder: say so, keep the earlier file
+        raise OSError(e.errno, f"could not write the results file {path} ({e.strerror or e}); the earlier results "
+                               "file, if any, is unchanged; the per-epoch logs in the study's storage are intact, so "
+                               "re-running the same command rebuilds it") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -122,3 +122,31 @@ def test_unreadable_videos_and_checkpoint_mismatch_are_covered_elsewhere():
 
     assert hasattr(real, "test_a_corrupt_synthetic_video_is_named_or_skipped")
     assert hasattr(train, "test_resume_refuses_a_checkpoint_of_another_config")
+
+
+def test_full_disk_while_writing_results_keeps_the_earlier_file(tmp_path):
+    """A file-size limit (EFBIG, like ENOSPC) hits the write: a clear error, the earlier Parquet untouched."""
+    path = tmp_path / "study" / "trials.parquet"
+    from calm_study.results import write_parquet_atomic
+
+    write_parquet_atomic(pd.DataFrame({"t2v_R1": [42.0]}), path)
+    before = path.read_bytes()
+    script = f"""
+import resource, signal, sys
+import numpy as np, pandas as pd
+from pathlib import Path
+from calm_study.results import write_parquet_atomic
+df = pd.DataFrame({{"x": np.random.default_rng(0).normal(size=200_000)}})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the error instead of being killed
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    write_parquet_atomic(df, Path({str(path)!r}))
+except OSError as e:
+    print(e)
+    sys.exit(3)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "could not write the results file" in out.stdout and "earlier results file" in out.stdout
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["trials.parquet"]  # no temporary file left behind
