@@ -32,13 +32,17 @@ PALETTE = [(230, 20, 20), (20, 220, 20), (20, 20, 230), (235, 235, 20), (20, 230
            (250, 250, 250), (10, 10, 10), (128, 128, 128), (240, 130, 20)]
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4", options: dict | None = None
+              ) -> Path:
     """frames: uint8 (F, H, W, 3). Written independently of the package's own writer."""
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.bit_rate = 8_000_000
+        if options:
+            stream.options = options
+        else:
+            stream.bit_rate = 8_000_000
         for k, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts, frame.time_base = k, Fraction(1, fps)
@@ -323,19 +327,8 @@ def write_h264(path: Path, num_frames: int = 75, fps: int = 25, gop: int = 8) ->
     frames = rng.integers(0, 256, (num_frames, 48, 64, 3), dtype=np.uint8) // 4 + 60  # (F, H, W, 3)
     for k in range(num_frames):
         frames[k, :, (k * 3) % 60:(k * 3) % 60 + 4] = PALETTE[k % len(PALETTE)]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:"
-                          "scenecut=0:bframes=2:b-adapt=0"}
-        for k, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = k, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_mp4(path, frames, fps, "libx264", {"crf": "18", "preset": "veryfast", "x264-params":
+                                                    f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=2:b-adapt=0"})
 
 
 def assert_decoders_agree(path: Path, t: int, start=None, end=None) -> None:
