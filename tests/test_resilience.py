@@ -180,7 +180,8 @@ def hpo_study(tmp_path, data_cache, name, num_samples):
     base["train"]["epochs"] = 3
     study = {"name": name, "base": base, "seeds": [0],
              "search": {"method": "optuna", "num_samples": num_samples, "sampler_seed": 1,
-                        "space": {"optim.lr_new": {"loguniform": [1e-5, 3e-3]}, "loss.alpha": {"uniform": [0.0, 1.0]}}},
+                        # lr_clip over 3 decades: trials differ clearly, so ASHA has something to stop
+                        "space": {"optim.lr_clip": {"loguniform": [1e-6, 3e-3]}, "loss.alpha": {"uniform": [0.0, 1.0]}}},
              "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
              "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
              "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
@@ -201,7 +202,7 @@ def test_optuna_with_asha_stops_some_trials_early_and_keeps_their_rows(tmp_path,
     stopped = per_trial[per_trial.status == "stopped_early"]
     assert len(stopped) >= 1 and (stopped.epochs < 3).all()  # rows kept for the epochs they ran
     assert (per_trial[per_trial.status == "completed"].epochs == 3).all()
-    assert df.swept.str.contains("optim.lr_new").all()
+    assert df.swept.str.contains("optim.lr_clip").all()
     db = optuna.load_study(study_name="hpo", storage=f"sqlite:///{tmp_path / 'results' / 'hpo' / '_optuna.db'}")
     assert len(db.trials) == 6 and any(t.state.name == "PRUNED" for t in db.trials)
 

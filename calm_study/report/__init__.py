@@ -55,9 +55,11 @@ def main_table(df: pd.DataFrame, study_name: str, epoch: str | int = "final") ->
 
     try:
         sel, tables = build_tables(conform(df), epoch)
+        return _title(df, study_name, sel) + "\n" + to_text(tables[0])
     except ReportError as e:
         return f"{study_name}: no table yet ({e})"
-    return _title(df, study_name, sel) + "\n" + to_text(tables[0])
+    except Exception as e:  # noqa: BLE001 - the end-of-run summary must never fail a finished study
+        return f"{study_name}: the summary table could not be built ({type(e).__name__}: {e}); see `report`"
 
 
 def write_report(study_name: str, results_dir: str | Path = "results", epoch: str | int = "final",

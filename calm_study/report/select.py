@@ -134,7 +134,8 @@ def label_columns(arms: pd.DataFrame, primary: list[str], candidates: list[str])
     """primary + the other varying candidates that tell arms apart beyond what the primary columns already say."""
     out = list(primary)
     for c in varying(arms, candidates):
-        if c not in out and arms.groupby(out, dropna=False)[c].nunique(dropna=False).max() > 1:
+        # With no label column yet, any varying candidate tells arms apart (groupby needs at least one key).
+        if c not in out and (not out or arms.groupby(out, dropna=False)[c].nunique(dropna=False).max() > 1):
             out.append(c)
     return out
 
