@@ -181,7 +181,8 @@ def hpo_study(tmp_path, data_cache, name, num_samples):
     study = {"name": name, "base": base, "seeds": [0],
              "search": {"method": "optuna", "num_samples": num_samples, "sampler_seed": 1,
                         # lr_clip over 3 decades: trials differ clearly, so ASHA has something to stop
-                        "space": {"optim.lr_clip": {"loguniform": [1e-6, 3e-3]}, "loss.alpha": {"uniform": [0.0, 1.0]}}},
+                        "space": {"optim.lr_clip": {"loguniform": [1e-6, 3e-3]},
+                                  "loss.alpha": {"uniform": [0.0, 1.0]}}},
              "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
              "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
              "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
