@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calm_study.configio import ConfigError, did_you_mean, from_dict, load_yaml, to_dict
+from calm_study.configio import ConfigError, did_you_mean, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -242,11 +242,6 @@ def trial_from_dict(data: dict, source: str = "<config>") -> TrialConfig:
     if errors:
         raise ConfigError(source, errors)
     return cfg
-
-
-def load_trial(path: str | Path) -> TrialConfig:
-    """Load a single-trial YAML (the sections of TrialConfig at the top level)."""
-    return trial_from_dict(load_yaml(path) or {}, str(path))
 
 
 def trial_to_dict(cfg: TrialConfig) -> dict:

@@ -31,7 +31,6 @@ from calm_study.configio import (
     load_yaml,
     parse_yaml,
     set_path,
-    to_dict,
 )
 from calm_study.metrics import METRIC_NAMES
 from calm_study.search import SAMPLERS, edge_rows, parse_space
@@ -271,7 +270,3 @@ def metric_key(study: Study) -> str:
     """The reported metric Tune optimises, e.g. 'eval/synthetic-plain-test/t2v_R1'."""
     eval_set = study.metric.eval_set or study.base.data.eval[0].label
     return f"eval/{eval_set}/{study.metric.name}"
-
-
-def study_to_dict(study: Study) -> dict:
-    return to_dict(study)

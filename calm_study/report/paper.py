@@ -51,11 +51,6 @@ def lookup(table: str, row: Mapping[str, Any], key: str, dataset: str | None) ->
     return None
 
 
-def tables_for(layout: str) -> list[str]:
-    """The paper tables with a given layout ('table6', 'table7', 'cross_domain')."""
-    return [t for t, info in paper_data()["tables"].items() if info["layout"] == layout]
-
-
 def status_lines() -> list[str]:
     """One line per paper table: what this repository has of it."""
     return [f"Table {t}: {info['status']}" for t, info in paper_data()["tables"].items()]
