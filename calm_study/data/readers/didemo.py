@@ -16,11 +16,11 @@ extension; they are kept verbatim because that is the name of the file on disk.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
 from calm_study.data.dataset import VideoRecord
+from calm_study.data.readers._common import load_json
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CSV_COLUMNS = ("video_path", "starts", "ends", "text")
@@ -97,11 +97,7 @@ def _read_video_list(path: Path) -> list[str]:
 
 
 def _read_moments(path: Path, list_path: Path | None, video_dir: Path) -> list[VideoRecord]:
-    with path.open(encoding="utf-8") as f:
-        try:
-            moments = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}).") from err
+    moments = load_json(path)
     if not isinstance(moments, list):
         raise ValueError(f"{path}: expected a JSON list of moments {{description, video, times, ...}}, "
                          f"got {type(moments).__name__}.")

@@ -14,10 +14,10 @@ sentences; all of them are kept (CLIP4Clip does the same; T-MASS keeps only the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from calm_study.data.dataset import VideoRecord
+from calm_study.data.readers._common import StemIndex
 
 SPLIT_FILES: dict[str, str] = {
     "train": "LSMDC16_annos_training.csv",
@@ -26,31 +26,6 @@ SPLIT_FILES: dict[str, str] = {
 }
 SPLITS: tuple[str, ...] = tuple(SPLIT_FILES)
 NUM_FIELDS = 6
-
-
-class StemIndex:
-    """Find a video by file stem anywhere under a folder, walking it at most once and only when first asked.
-
-    Extensions differ between releases (.avi, .mp4, .webm ...) and some releases nest videos in sub-folders, so the
-    reference loaders match ``os.walk`` stems. Walking a 100k-file tree is seconds, hence lazy and cached.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._by_stem: dict[str, Path] | None = None
-
-    def _build(self) -> dict[str, Path]:
-        index: dict[str, Path] = {}
-        for dirpath, dirnames, filenames in os.walk(self.folder):
-            dirnames.sort()  # deterministic walk, so a stem present twice always resolves to the same file
-            for name in sorted(filenames):
-                index.setdefault(Path(name).stem, Path(dirpath) / name)
-        return index
-
-    def find(self, stem: str) -> Path | None:
-        if self._by_stem is None:
-            self._by_stem = self._build() if self.folder.is_dir() else {}
-        return self._by_stem.get(stem)
 
 
 def movie_of(clip_id: str) -> str:

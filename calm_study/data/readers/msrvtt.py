@@ -15,11 +15,11 @@ in both reference loaders. The released mp4s are already trimmed to the annotate
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from calm_study.data.dataset import VideoRecord
+from calm_study.data.readers._common import load_json
 
 ANNOTATIONS = "MSRVTT_data.json"
 SPLIT_FILES: dict[str, str] = {
@@ -69,11 +69,7 @@ def _read_id_list(path: Path) -> list[str]:
 
 def _captions_by_video(path: Path) -> dict[str, list[str]]:
     """All captions of each video, in the file's sentence order."""
-    with path.open(encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}).") from err
+    data = load_json(path)
     sentences = data.get("sentences") if isinstance(data, dict) else None
     if not isinstance(sentences, list):
         raise ValueError(f"{path}: expected a JSON object with a 'sentences' list of "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calm_study.data.dataset import VideoRecord
-from calm_study.data.readers.lsmdc import StemIndex  # shared walk-by-stem lookup
+from calm_study.data.readers._common import StemIndex
 from calm_study.data.readers.safe_pickle import load_restricted
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
