@@ -1,4 +1,5 @@
-"""Command line: `python -m calm_study {run,validate,train} ...` (the only argparse in the package)."""
+"""Command line: `python -m calm_study {run,validate,status,report,train,data} ...` (the only argparse in the
+package)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from calm_study.configio import ConfigError, load_yaml
 from calm_study.report import ReportError
-from calm_study.study_state import StudyStateError
+from calm_study.study.state import StudyStateError
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from calm_study.study import expand, load_study, metric_key
+    from calm_study.study.spec import expand, load_study, metric_key
 
     study = load_study(args.study, args.preset, args.sets)
     trials = expand(study)
@@ -34,17 +35,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.study}: study {study.name!r} is valid: {len(arms)} arm(s) x {len(study.seeds)} seed(s) = "
           f"{len(trials)} trial(s); metric {metric_key(study)} ({study.metric.mode})")
     for arm, t in arms.items():
-        print(f"  {arm}  {json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
+        c = t.config
+        calm = f"CALM {c.loss.align}, K={c.anchors.count}" if c.anchors.count else "no CALM"
+        print(f"  {arm}  {c.task}/{c.model.family} ({calm})  "
+              f"{json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from calm_study.ray_runner import run_study
     from calm_study.report import main_table
-    from calm_study.study import load_study
-    from calm_study.study_state import describe, study_trials
+    from calm_study.study.ray_runner import run_study
+    from calm_study.study.spec import load_study
+    from calm_study.study.state import describe, study_trials
 
     study = load_study(args.study, args.preset, args.sets)
     path, status = run_study(study, address=args.address, fresh=args.fresh)
@@ -57,8 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Where a study stands, from its files alone (works while it runs, after it ended, without Ray)."""
-    from calm_study.study import load_study
-    from calm_study.study_state import describe, study_status, study_trials
+    from calm_study.study.spec import load_study
+    from calm_study.study.state import describe, study_status, study_trials
 
     study = load_study(args.study, args.preset, args.sets)
     trials = study_trials(study)
@@ -76,7 +80,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     name, results_dir = args.study, args.results_dir
     if Path(args.study).suffix in (".yaml", ".yml"):
-        from calm_study.study import load_study
+        from calm_study.study.spec import load_study
 
         study = load_study(args.study, args.preset, args.sets)
         name, results_dir = study.name, study.results_dir
@@ -89,10 +93,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial without Ray: a trial YAML, or one trial (--trial N) of a study file."""
-    from calm_study.checkpoint import STATE_FILE
-    from calm_study.config import trial_from_dict
-    from calm_study.study import apply_overrides, expand, load_study
-    from calm_study.train import fit
+    from calm_study.names import CHECKPOINT_FILE as STATE_FILE
+    from calm_study.study.spec import apply_overrides, expand, load_study
+    from calm_study.training.fit import fit
+    from calm_study.validate import trial_from_dict
 
     doc = load_yaml(args.config)
     if isinstance(doc, dict) and "base" in doc:

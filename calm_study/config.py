@@ -1,20 +1,22 @@
 """One trial's configuration: frozen dataclasses with documented defaults (paper settings where the paper states them).
 
 Choices the CALM paper leaves open (τ, stop-gradient on S_p, VAE widths, the CLIP/new-module learning-rate split)
-are explicit fields here, each with the reason for its default; nothing of the kind is a constant in the code.
+are explicit fields here, each with the reason for its default (docs/calm-choices.md); nothing of the kind is a
+constant in the code.
+
+This module is a leaf: it imports no registry. Names (model families, tasks, fusions, datasets, ...) are checked
+against their registries in calm_study/validate.py. Adding a field with a default changes no arm id
+(calm_study/study/identity.py); record its default in identity_baseline.json in the same change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-from calm_study.configio import ConfigError, did_you_mean, from_dict, to_dict
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = "clip4clip"  # model family (models/families.py): clip4clip (text-independent video feature)
     clip: str = "ViT-B-32-quickgelu"  # open_clip architecture (open_clip.list_models(), plus our calm-tiny)
     pretrained: str | None = "openai"  # open_clip pretrained tag of `clip`, a local checkpoint file, or null (random)
     temporal: str = "mean"  # temporal fusion Ψ_TE: mean | transformer
@@ -51,7 +53,7 @@ class VAEConfig:
     latent_dim: int = 256  # d, the paper's 256
     # Hidden FC widths of the encoder (before μ, log σ²) and decoder (before Ŝ_p logits). Unstated in the paper;
     # one 512-wide encoder layer makes VAE + anchor embeddings ≈ 0.46M parameters at K=157, D=512 — the paper's
-    # "+0.5M" (see shared notes §9, variant B).
+    # "+0.5M" (docs/calm-choices.md#vae-hidden-sizes).
     encoder_hidden: tuple[int, ...] = (512,)
     decoder_hidden: tuple[int, ...] = ()
     dropout: float = 0.1  # dropout after each hidden layer, the paper's 0.1
@@ -120,6 +122,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrialConfig:
+    task: str = "retrieval"  # what is trained and evaluated (calm_study/tasks): retrieval
     model: ModelConfig = field(default_factory=ModelConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -127,122 +130,3 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def _choice(path: str, value: Any, valid: list[str] | tuple[str, ...]) -> list[str]:
-    if value in valid:
-        return []
-    return [f"{path}: {value!r} is not valid{did_you_mean(value, valid)}; valid: {', '.join(valid)}"]
-
-
-def check_trial(cfg: TrialConfig) -> list[str]:
-    """Semantic checks (names, ranges, combinations) that types alone cannot express."""
-    from calm_study.losses import ALIGN_LOSSES
-    from calm_study.models.anchors import count_labels, list_label_sources
-    from calm_study.models.temporal import list_temporal_fusions
-
-    errs: list[str] = []
-    errs += _choice("model.temporal", cfg.model.temporal, list_temporal_fusions())
-    errs += _choice("loss.align", cfg.loss.align, list(ALIGN_LOSSES))
-    errs += _choice("anchors.encode", cfg.anchors.encode, ["every_step", "once"])
-    errs += _choice("train.precision", cfg.train.precision, ["fp32", "bf16"])
-    a = cfg.anchors
-    if "{label}" not in a.template:
-        errs.append(f"anchors.template: {a.template!r} must contain {{label}}")
-    if a.count < 0:
-        errs.append(f"anchors.count: {a.count} must be >= 0 (0 = baseline without anchors)")
-    elif a.count > 0:
-        try:
-            n = count_labels(a.source)
-            if a.count > n:
-                errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
-        except ValueError as e:
-            errs.append(f"anchors.source: {e}; valid: {', '.join(list_label_sources())} or a label file path")
-    if a.count == 0 and cfg.loss.align != "none":
-        errs.append(f"loss.align: {cfg.loss.align!r} needs anchors; the baseline (anchors.count 0) has loss.align none")
-    if a.count > 0 and cfg.loss.align == "none":
-        errs.append(f"anchors.count: {a.count} anchors are unused with loss.align none; set anchors.count 0")
-    if a.tau <= 0:
-        errs.append(f"anchors.tau: {a.tau} must be > 0")
-    for name in ("align_weight", "alpha", "task_weight"):
-        if getattr(cfg.loss, name) < 0:
-            errs.append(f"loss.{name}: {getattr(cfg.loss, name)} must be >= 0")
-    if cfg.vae.latent_dim < 1 or any(w < 1 for w in cfg.vae.encoder_hidden + cfg.vae.decoder_hidden):
-        errs.append("vae: latent_dim and hidden widths must be >= 1")
-    for name, v in (("vae.dropout", cfg.vae.dropout), ("model.temporal_dropout", cfg.model.temporal_dropout)):
-        if not 0 <= v < 1:
-            errs.append(f"{name}: {v} must be in [0, 1)")
-    if cfg.data.num_frames < 1:
-        errs.append(f"data.num_frames: {cfg.data.num_frames} must be >= 1")
-    if not cfg.data.eval:
-        errs.append("data.eval: at least one evaluation set is needed")
-    labels = [e.label for e in cfg.data.eval]
-    if len(set(labels)) != len(labels):
-        errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
-    errs += _check_data(cfg.data)
-    o, t = cfg.optim, cfg.train
-    if o.lr_clip < 0 or o.lr_new < 0:
-        errs.append("optim: learning rates must be >= 0")
-    if len(o.betas) != 2:
-        errs.append(f"optim.betas: expected two numbers (β1, β2), got {list(o.betas)}")
-    if not 0 <= o.warmup_fraction < 1:
-        errs.append(f"optim.warmup_fraction: {o.warmup_fraction} must be in [0, 1)")
-    if t.epochs < 1 or t.batch_size < 1 or t.eval_batch_size < 1:
-        errs.append("train: epochs, batch_size and eval_batch_size must be >= 1")
-    return errs
-
-
-def _check_data(d: DataConfig) -> list[str]:
-    from calm_study.data.readers import SPLITS, list_datasets
-    from calm_study.data.video import DECODERS
-
-    errs = _choice("data.decoder", d.decoder, list(DECODERS)) + _choice("data.on_error", d.on_error, ["error", "skip"])
-    splits = {"synthetic": ("train", "test"), **SPLITS}
-    for i, ref in enumerate((d.train, *d.eval)):
-        where = "data.train" if i == 0 else f"data.eval[{i - 1}]"
-        bad = _choice(f"{where}.dataset", ref.dataset, ["synthetic", *list_datasets()])
-        errs += bad
-        if bad:
-            continue
-        errs += _choice(f"{where}.split", ref.split, list(splits[ref.dataset]))
-        if ref.dataset == "synthetic":
-            errs += _choice(f"{where}.domain", ref.domain, ["plain", "textured"])
-        elif not d.roots.get(ref.dataset):
-            errs.append(f"data.roots.{ref.dataset}: not set, but {where} reads {ref.dataset}; give the dataset's root "
-                        f"folder, e.g. --set data.roots.{ref.dataset}=/data/{ref.dataset}")
-    for key in list(d.roots) + list(d.video_dirs):
-        if key not in splits:
-            errs.append(f"data.roots/video_dirs: {key!r} is not a dataset{did_you_mean(key, splits)}; "
-                        f"valid: {', '.join(splits)}")
-    return errs
-
-
-def absolute_paths(cfg: TrialConfig) -> TrialConfig:
-    """The config with its data paths made absolute against this process's working directory, for workers that run
-    elsewhere (Ray workers do not share the driver's working directory)."""
-    from dataclasses import replace
-
-    def absolute(p: str) -> str:
-        return str(Path(p).expanduser().resolve()) if p else p
-
-    d = cfg.data
-    data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
-                   roots={k: absolute(v) for k, v in d.roots.items()})
-    return replace(cfg, data=data)
-
-
-def trial_from_dict(data: dict, source: str = "<config>") -> TrialConfig:
-    """Build and check a TrialConfig; raises ConfigError listing every problem."""
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"expected a mapping of sections, got {type(data).__name__}"])
-    errors: list[str] = []
-    cfg = from_dict(TrialConfig, data, "", errors)
-    if not errors:
-        errors += check_trial(cfg)
-    if errors:
-        raise ConfigError(source, errors)
-    return cfg
-
-
-def trial_to_dict(cfg: TrialConfig) -> dict:
-    return to_dict(cfg)

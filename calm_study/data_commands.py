@@ -3,47 +3,24 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
-import open_clip
 import torch
 
-from calm_study.config import DataConfig, DatasetRef, TrialConfig
+from calm_study.config import DataConfig, DatasetRef
 from calm_study.configio import ConfigError
 from calm_study.data.bench import bench_decoding
-from calm_study.data.dataset import VideoRecord, check_videos
+from calm_study.data.dataset import check_videos
 from calm_study.data.readers import SPLITS, list_datasets
-from calm_study.data.sources import frame_cache, load_records
-from calm_study.models.backbone import register_tiny_models
+from calm_study.data.records import VideoRecord
+from calm_study.data.sources import DataSet, config_datasets, frame_cache, load_records
 from calm_study.progress import say
-from calm_study.study import Trial, expand, load_study
-
-DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
-
-
-def image_size(arch: str) -> int:
-    """The input resolution of an open_clip architecture, without building the model."""
-    register_tiny_models()
-    size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+from calm_study.study.spec import expand, load_study
 
 
 def study_datasets(path: str, preset: str | None, sets: list[str]) -> list[DataSet]:
     """Every distinct dataset split a study reads (training and evaluation), with what decoding it needs."""
-    return trial_datasets(expand(load_study(path, preset, sets)))
-
-
-def trial_datasets(trials: list[Trial]) -> list[DataSet]:
-    seen: dict[tuple, DataSet] = {}
-    for trial in trials:
-        cfg: TrialConfig = trial.config
-        size = image_size(cfg.model.clip)
-        for ref in (cfg.data.train, *cfg.data.eval):
-            plain = replace(ref, name="")
-            key = (plain, repr(cfg.data.roots), cfg.data.cache_dir, cfg.data.num_frames, size)
-            seen.setdefault(key, (plain, cfg.data, cfg.data.num_frames, size))
-    return list(seen.values())
+    return config_datasets([t.config for t in expand(load_study(path, preset, sets))])
 
 
 def named_datasets(name: str, root: str | None, split: str | None, num_frames: int, size: int) -> list[DataSet]:
@@ -62,19 +39,6 @@ def folder_datasets(folder: str, num_frames: int, size: int) -> tuple[list, int,
     if not files:
         raise ConfigError(folder, ["no video files (.mp4, .avi, .mkv, .webm, .mov) in this folder"])
     return [VideoRecord(p.stem, p, ()) for p in files], num_frames, size
-
-
-def preflight(trials: list[Trial], source: str) -> None:
-    """Before any trial starts: every split's annotations can be read (synthetic data is generated now, once).
-    Raises ConfigError listing every problem, so a bad root or split file costs seconds, not a cluster job."""
-    problems = []
-    for ref, data, _, _ in trial_datasets(trials):
-        try:
-            load_records(ref, data)
-        except (OSError, ValueError) as e:
-            problems.append(f"{ref.label}: {e}")
-    if problems:
-        raise ConfigError(source, problems)
 
 
 def check(datasets: list[DataSet]) -> int:

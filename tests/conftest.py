@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from calm_study.config import trial_from_dict
+from calm_study.validate import trial_from_dict
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

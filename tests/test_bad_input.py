@@ -101,8 +101,8 @@ def test_changed_study_file_is_refused_with_what_changed(tmp_path):
     """A study's manifest is written before Ray starts; re-running with another file says what changed."""
     study = {"name": "c", "base": {"model": {"clip": "calm-tiny", "pretrained": None}},
              "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
-    from calm_study.study import expand, load_study
-    from calm_study.study_state import StudyStateError, check_same_study
+    from calm_study.study.spec import expand, load_study
+    from calm_study.study.state import StudyStateError, check_same_study
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -127,7 +127,7 @@ def test_unreadable_videos_and_checkpoint_mismatch_are_covered_elsewhere():
 def test_full_disk_while_writing_results_keeps_the_earlier_file(tmp_path):
     """A file-size limit (EFBIG, like ENOSPC) hits the write: a clear error, the earlier Parquet untouched."""
     path = tmp_path / "study" / "trials.parquet"
-    from calm_study.results import write_parquet_atomic
+    from calm_study.study.results import write_parquet_atomic
 
     write_parquet_atomic(pd.DataFrame({"t2v_R1": [42.0]}), path)
     before = path.read_bytes()
@@ -135,7 +135,7 @@ def test_full_disk_while_writing_results_keeps_the_earlier_file(tmp_path):
 import resource, signal, sys
 import numpy as np, pandas as pd
 from pathlib import Path
-from calm_study.results import write_parquet_atomic
+from calm_study.study.results import write_parquet_atomic
 df = pd.DataFrame({{"x": np.random.default_rng(0).normal(size=200_000)}})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the error instead of being killed
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))

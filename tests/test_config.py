@@ -2,9 +2,10 @@
 
 import pytest
 
-from calm_study.config import TrialConfig, trial_from_dict
+from calm_study.config import TrialConfig
 from calm_study.configio import ConfigError, parse_yaml
-from calm_study.study import expand, load_study
+from calm_study.study.spec import expand, load_study
+from calm_study.validate import trial_from_dict
 
 
 def problems(fn, *args, **kwargs) -> list[str]:

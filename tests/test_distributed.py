@@ -8,9 +8,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from calm_study.config import trial_from_dict
-from calm_study.losses import compute_losses
-from calm_study.models.calm import build_model
+from calm_study.models.families import build_model
+from calm_study.tasks import build_task
+from calm_study.training.fit import step_terms
+from calm_study.validate import trial_from_dict
 
 BATCH = 6  # global batch; each of the 2 workers gets 3
 
@@ -19,7 +20,7 @@ def make_inputs(model):
     g = torch.Generator().manual_seed(1)
     frames = torch.randn(BATCH, 4, 3, 32, 32, generator=g)
     mask = torch.ones(BATCH, 4, dtype=torch.bool)
-    tokens = model.backbone.tokenize([f"a {c} shape moves {d}" for c, d in zip(
+    tokens = model.tokenize([f"a {c} shape moves {d}" for c, d in zip(
         ["red", "green", "blue", "cyan", "pink", "grey"], ["left", "right", "up", "down", "left", "up"])])
     noise = torch.randn(BATCH, 256, generator=g)  # the VAE's ε, so both runs draw the same sample
     return frames, mask, tokens, noise
@@ -27,8 +28,9 @@ def make_inputs(model):
 
 def step(model, wrapped, cfg, sl):
     frames, mask, tokens, noise = make_inputs(model)
-    out = wrapped(frames[sl], mask[sl], tokens[sl], vae_noise=noise[sl])
-    terms = compute_losses(out, out["logit_scale"], cfg.loss)
+    out = wrapped({"frames": frames[sl], "mask": mask[sl], "tokens": tokens[sl]}, vae_noise=noise[sl])
+    task = build_task(cfg)
+    terms = step_terms(task, model, out, {**task.term_weights(), **model.term_weights()})
     terms["total"].backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in terms.items()}, grads

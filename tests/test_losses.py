@@ -5,10 +5,14 @@ import math
 import pytest
 import torch
 
-from calm_study.config import LossConfig
-from calm_study.losses import ALIGN_LOSSES, compute_losses, infonce
+from calm_study.config import LossConfig, TrialConfig
 from calm_study.models.calm import anchor_log_probs
-from calm_study.models.vae import AnchorVAE
+from calm_study.models.calm.align import ALIGN_LOSSES, align_weights
+from calm_study.models.calm.vae import AnchorVAE
+from calm_study.models.families import build_model
+from calm_study.tasks.base import weighted_total
+from calm_study.tasks.retrieval.task import RetrievalTask, symmetric_cross_entropy
+from calm_study.validate import trial_from_dict
 
 S_P = torch.tensor([[0.25, 0.75]])
 V_P = torch.tensor([[0.5, 0.5]])
@@ -67,8 +71,10 @@ def test_vae_parameter_count_matches_the_papers_half_million():
     assert sum(p.numel() for p in vae.parameters()) == 383_901
 
 
-def test_infonce_matches_manual_computation_and_clamps_the_scale():
+def test_infonce_matches_manual_computation_and_clamps_the_scale(tiny_doc):
     torch.manual_seed(0)
+    tiny_doc["anchors"]["count"], tiny_doc["loss"] = 0, {"align": "none", "logit_scale_max": 100.0}
+    model = build_model(trial_from_dict(tiny_doc))
     text, video = torch.randn(4, 8), torch.randn(4, 8)
     t = text / text.norm(dim=-1, keepdim=True)
     v = video / video.norm(dim=-1, keepdim=True)
@@ -77,7 +83,9 @@ def test_infonce_matches_manual_computation_and_clamps_the_scale():
         rows = [-(logits[i, i] - torch.logsumexp(logits[i], 0)) for i in range(4)]
         cols = [-(logits[i, i] - torch.logsumexp(logits[:, i], 0)) for i in range(4)]
         manual = 0.5 * (sum(rows) / 4 + sum(cols) / 4)
-        got = infonce(text, video, torch.tensor(log_scale), scale_max=100.0)
+        with torch.no_grad():
+            model.backbone.clip.logit_scale.fill_(log_scale)
+        got = symmetric_cross_entropy(model.batch_logits({"text": text, "video": video}))
         assert got.item() == pytest.approx(manual.item(), rel=1e-5)
 
 
@@ -85,15 +93,19 @@ def test_infonce_matches_manual_computation_and_clamps_the_scale():
 def test_total_is_the_weighted_sum_of_named_terms(align):
     torch.manual_seed(0)
     cfg = LossConfig(align=align, align_weight=0.7, alpha=0.3, task_weight=1.5)
-    out = {"text": torch.randn(3, 4), "video": torch.randn(3, 4), **outputs()}
+    out = outputs()
     out["s_logp"] = out["s_logp"].expand(3, 2)
     out["v_logp"] = out["v_logp"].expand(3, 2)
     out["vae"] = {"recon_logits": torch.randn(3, 2), "mu": torch.randn(3, 5), "logvar": torch.randn(3, 5)}
-    terms = compute_losses(out, torch.tensor(math.log(10.0)), cfg)
-    weights = {"task": 1.5, "align": 0.7, "align_rec": 0.7, "align_kl": 0.3}
-    expected_names = {"none": set(), "vae": {"align_rec", "align_kl"}}.get(align, {"align"}) | {"task", "total"}
-    assert set(terms) == expected_names
-    assert terms["total"].item() == pytest.approx(sum(weights[k] * v.item() for k, v in terms.items() if k != "total"))
+    terms = {"task": symmetric_cross_entropy(torch.randn(3, 3)), **ALIGN_LOSSES[align](out, cfg)}
+    weights = {**RetrievalTask(TrialConfig(loss=cfg)).term_weights(), **align_weights(cfg)}
+    expected = {"task": 1.5, "align": 0.7, "align_rec": 0.7, "align_kl": 0.3}
+    assert {k: weights[k] for k in terms} == {k: expected[k] for k in terms}
+    assert set(terms) == {"none": set(), "vae": {"align_rec", "align_kl"}}.get(align, {"align"}) | {"task"}
+    total = weighted_total(terms, weights)
+    assert total.item() == pytest.approx(sum(expected[k] * v.item() for k, v in terms.items()))
+    with pytest.raises(KeyError, match="without a weight"):
+        weighted_total({**terms, "extra": total}, weights)
 
 
 @pytest.mark.parametrize("align", ["kl", "ce", "mse", "vae"])

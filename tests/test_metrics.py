@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from calm_study.metrics import retrieval_metrics
+from calm_study.tasks.retrieval.metrics import retrieval_metrics
 
 
 def oracle_t2v_ranks(sim, text_to_video):
@@ -100,7 +100,7 @@ def test_permuting_texts_permutes_t2v_ranks():
     sim = rng.normal(size=(30, 10))
     t2v = list(rng.integers(0, 10, 30))
     perm = rng.permutation(30)
-    from calm_study.metrics import t2v_ranks
+    from calm_study.tasks.retrieval.metrics import t2v_ranks
     a = t2v_ranks(torch.tensor(sim), torch.tensor(t2v))
     b = t2v_ranks(torch.tensor(sim[perm]), torch.tensor(t2v)[perm])
     assert torch.equal(a[perm], b)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from calm_study.config import trial_from_dict
-from calm_study.models.anchors import list_label_sources, load_labels, pick_labels
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import build_model
+from calm_study.models.calm.anchors import list_label_sources, load_labels, pick_labels
+from calm_study.models.families import build_model
 from calm_study.models.temporal import build_temporal_fusion
+from calm_study.validate import trial_from_dict
 
 from .conftest import SHARED_DATA
 
@@ -44,8 +44,8 @@ def test_label_subsets_are_seeded_and_ordered(tmp_path):
 def forward(model, b=3, t=4):
     torch.manual_seed(0)
     frames = torch.randn(b, t, 3, 32, 32)
-    tokens = model.backbone.tokenize(["a red circle moves left"] * b)
-    return model(frames, torch.ones(b, t, dtype=torch.bool), tokens)
+    tokens = model.tokenize(["a red circle moves left"] * b)
+    return model({"frames": frames, "mask": torch.ones(b, t, dtype=torch.bool), "tokens": tokens})
 
 
 def test_forward_shapes_and_distributions(tiny_doc):
@@ -61,7 +61,8 @@ def test_baseline_has_no_anchor_modules(tiny_doc):
     tiny_doc["anchors"]["count"] = 0
     tiny_doc["loss"] = {"align": "none"}
     model = build_model(trial_from_dict(tiny_doc))
-    assert model.anchors is None and model.vae is None and "v_logp" not in forward(model)
+    assert model.calm is None and "v_logp" not in forward(model)
+    assert model.extra_terms(forward(model)) == {} and model.term_weights() == {}
 
 
 def test_every_step_anchors_train_the_text_encoder_once_does_not(tiny_doc):
@@ -74,16 +75,17 @@ def test_every_step_anchors_train_the_text_encoder_once_does_not(tiny_doc):
         out["v_logp"].sum(-1).mul(torch.arange(3.0)).sum().backward()
         text_grad = model.backbone.clip.token_embedding.weight.grad
         assert (text_grad is not None and text_grad.abs().sum() > 0) == reaches
-        assert model.anchors.embedding.grad.abs().sum() > 0
+        assert model.calm.anchors.embedding.grad.abs().sum() > 0
 
 
 def test_param_groups_split_clip_from_new_modules(tiny_doc):
     tiny_doc["model"]["temporal"] = "transformer"
     tiny_doc["model"]["temporal_heads"] = 4
     model = build_model(trial_from_dict(tiny_doc))
-    clip, new = model.param_groups()
-    assert {id(p) for p in clip} == {id(p) for p in model.backbone.parameters()}
-    assert {id(p) for p in new} == {id(p) for m in (model.fusion, model.anchors, model.vae) for p in m.parameters()}
+    groups = model.param_groups()
+    assert list(groups) == ["clip", "new"]
+    assert {id(p) for p in groups["clip"]} == {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for p in groups["new"]} == {id(p) for m in (model.fusion, model.calm) for p in m.parameters()}
 
 
 def test_transformer_fusion_ignores_padded_frames():

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calm_study.config import trial_from_dict
 from calm_study.data.dataset import UnreadableVideosError
 from calm_study.data.synthetic import ensure_synthetic_dataset
-from calm_study.train import fit
+from calm_study.training.fit import fit
+from calm_study.validate import trial_from_dict
 
 from .conftest import SHARED_DATA
 
@@ -117,7 +117,7 @@ def test_data_bench_on_the_real_clips():
 
 
 def test_cross_domain_study_rows_name_train_and_eval_datasets():
-    from calm_study.study import expand, load_study
+    from calm_study.study.spec import expand, load_study
 
     trials = expand(load_study(REPO / "studies" / "cross_domain.yaml"))
     assert {t.config.data.train.dataset for t in trials} == {"msrvtt", "didemo", "lsmdc"}

@@ -15,7 +15,7 @@ import pytest
 from calm_study.report import ReportError, build_tables, domain_drop, main_table, write_report
 from calm_study.report.render import to_markdown
 from calm_study.report.stats import paired, summarize, verdict
-from calm_study.results import conform, write_parquet_atomic
+from calm_study.study.results import conform, write_parquet_atomic
 
 T2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t(0.975, 2 degrees of freedom) = 4.3027
 T1 = math.tan(math.pi * 0.475)  # t(0.975, 1) = 12.7062

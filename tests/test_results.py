@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from calm_study.results import (
+from calm_study.study.results import (
     SCHEMA_VERSION,
     build_results,
     conform,
@@ -18,7 +18,7 @@ from calm_study.results import (
     studies,
     write_parquet_atomic,
 )
-from calm_study.study import expand, load_study
+from calm_study.study.spec import expand, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 

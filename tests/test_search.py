@@ -6,12 +6,12 @@ import optuna
 import pytest
 import yaml
 
-from calm_study.config import trial_to_dict
 from calm_study.configio import ConfigError
-from calm_study.optuna_export import export_optuna
-from calm_study.search import edge_rows, parse_space
-from calm_study.study import expand, load_study
-from calm_study.study_state import StudyFiles, study_status, study_trials
+from calm_study.study.optuna_export import export_optuna
+from calm_study.study.search import edge_rows, parse_space
+from calm_study.study.spec import expand, load_study
+from calm_study.study.state import StudyFiles, study_status, study_trials
+from calm_study.validate import trial_to_dict
 
 SPACE = {"loss.alpha": {"loguniform": [0.01, 1.0]}, "vae.latent_dim": {"choice": [64, 128]},
          "anchors.count": {"int": [10, 20]}, "train.batch_size": {"qint": [8, 32, 8]},

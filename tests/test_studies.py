@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from calm_study.configio import load_yaml
-from calm_study.study import expand, load_study
+from calm_study.study.spec import expand, load_study
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from calm_study.checkpoint import STATE_FILE, load_checkpoint
-from calm_study.config import trial_from_dict
-from calm_study.train import build_scheduler, fit
+from calm_study.training.checkpoint import STATE_FILE, load_checkpoint
+from calm_study.training.fit import build_scheduler, fit
+from calm_study.validate import trial_from_dict
 
 
 class Recorder:
@@ -70,7 +70,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_cfg, tiny_doc, tmp_p
     tiny_doc["train"]["epochs"] = 1
     fit(trial_from_dict(tiny_doc), rec)
     tiny_doc["loss"] = {"alpha": 0.5}
-    with pytest.raises(ValueError, match="loss.alpha: checkpoint 0.1, config 0.5"):
+    with pytest.raises(ValueError, match="loss.alpha: 0.1 -> 0.5"):
         fit(trial_from_dict(tiny_doc), rec, resume_dir=tmp_path / "epoch_1")
 
 
@@ -98,7 +98,7 @@ def test_demo_setting_learns_well_above_chance(data_cache):
     """The anchor ablation's demo preset (full CALM arm, default synthetic sizes) beats 3x chance text->video R@1."""
     from pathlib import Path
 
-    from calm_study.study import expand, load_study
+    from calm_study.study.spec import expand, load_study
 
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "anchor_ablation.yaml", "demo",
                        [f"data.cache_dir={data_cache}"])

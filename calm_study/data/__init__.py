@@ -1,6 +1,7 @@
 """Video data pipeline: decoding, preprocessing, datasets and the synthetic demo dataset."""
 
-from calm_study.data.dataset import EvalVideos, TrainPairs, VideoRecord, collate
+from calm_study.data.dataset import EvalVideos, TrainPairs, collate
+from calm_study.data.records import VideoRecord
 from calm_study.data.synthetic import (
     DOMAINS,
     GENERATOR_VERSION,

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.frame_cache import FrameCache
+from calm_study.data.records import VideoRecord
 from calm_study.data.video import VideoDecodeError, read_video, resize_crop_frames
 
 

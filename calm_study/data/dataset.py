@@ -5,13 +5,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
 
+from calm_study.data.frame_cache import FrameCache
+from calm_study.data.records import VideoRecord
 from calm_study.data.video import (
     CLIP_MEAN,
     CLIP_STD,
@@ -24,28 +23,8 @@ from calm_study.data.video import (
 )
 from calm_study.progress import say
 
-if TYPE_CHECKING:  # frame_cache imports this module (VideoRecord)
-    from calm_study.data.frame_cache import FrameCache
-
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel
 FAILURE_POLICIES = ("error", "skip")
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    """One video and all of its captions."""
-
-    video_id: str
-    path: Path
-    captions: tuple[str, ...]
-    start: float | None = None  # seconds: the clip's time window inside the file (None = from the beginning)
-    end: float | None = None  # seconds (None = to the end)
-
-    def __post_init__(self) -> None:
-        # Loaders often build records from JSON/CSV (str paths, caption lists); normalise so that records stay
-        # hashable and compare equal however they were built.
-        object.__setattr__(self, "path", Path(self.path))
-        object.__setattr__(self, "captions", tuple(self.captions))
 
 
 class _ClipLoader:

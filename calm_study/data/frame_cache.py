@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calm_study.data.dataset import VideoRecord
+from calm_study.data.records import VideoRecord
 from calm_study.data.video import SAMPLING_VERSION, VideoDecodeError, read_video, resize_crop_frames
 from calm_study.progress import say
 

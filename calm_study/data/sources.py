@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from calm_study.config import DataConfig, DatasetRef
-from calm_study.data.dataset import VideoRecord, apply_failure_policy, check_videos
+from calm_study.config import DataConfig, DatasetRef, TrialConfig
+from calm_study.configio import ConfigError
+from calm_study.data.dataset import apply_failure_policy, check_videos
 from calm_study.data.frame_cache import FrameCache
 from calm_study.data.readers import read_dataset
+from calm_study.data.records import VideoRecord
 from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
+from calm_study.models.backbone import image_size
+
+DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
 
 
 def synthetic_dir(cfg: DataConfig) -> Path:
@@ -51,3 +57,28 @@ def load_readable_records(ref: DatasetRef, cfg: DataConfig, cache: FrameCache | 
     records = load_records(ref, cfg)
     failures = check_videos(records, decoder=cfg.decoder, frame_cache=cache)
     return apply_failure_policy(records, failures, cfg.on_error, ref.label), failures
+
+
+def config_datasets(configs: list[TrialConfig]) -> list[DataSet]:
+    """Every distinct dataset split the configs read (training and evaluation), with what decoding it needs."""
+    seen: dict[tuple, DataSet] = {}
+    for cfg in configs:
+        size = image_size(cfg.model.clip)
+        for ref in (cfg.data.train, *cfg.data.eval):
+            plain = replace(ref, name="")
+            key = (plain, repr(cfg.data.roots), cfg.data.cache_dir, cfg.data.num_frames, size)
+            seen.setdefault(key, (plain, cfg.data, cfg.data.num_frames, size))
+    return list(seen.values())
+
+
+def preflight(configs: list[TrialConfig], source: str) -> None:
+    """Before any trial starts: every split's annotations can be read (synthetic data is generated now, once).
+    Raises ConfigError listing every problem, so a bad root or split file costs seconds, not a cluster job."""
+    problems = []
+    for ref, data, _, _ in config_datasets(configs):
+        try:
+            load_records(ref, data)
+        except (OSError, ValueError) as e:
+            problems.append(f"{ref.label}: {e}")
+    if problems:
+        raise ConfigError(source, problems)

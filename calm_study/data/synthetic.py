@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from calm_study.data.dataset import VideoRecord
+from calm_study.data.records import VideoRecord
 from calm_study.progress import say
 
 # Bump whenever the rendered pixels, captions or file layout change: it is part of the cache fingerprint.

@@ -23,6 +23,17 @@ def register_tiny_models() -> None:
     open_clip.add_model_config(Path(str(resources.files("calm_study") / "models" / "configs")))
 
 
+def image_size(arch: str) -> int:
+    """The input resolution S of an open_clip architecture (S x S frames), without building the model."""
+    register_tiny_models()
+    size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
+    return _side(size)
+
+
+def _side(size: int | tuple | list) -> int:
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def _looks_like_path(pretrained: str) -> bool:
     """A checkpoint path rather than an open_clip tag (tags have no path separator and no file extension)."""
     return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
@@ -49,8 +60,7 @@ class CLIPBackbone(nn.Module):
             raise RuntimeError(f"model.pretrained: could not load {pretrained!r} for {arch!r} ({e}); valid tags for "
                                f"this architecture: {', '.join(tags) or 'none'}, or a local checkpoint file") from e
         self.tokenizer = open_clip.get_tokenizer(arch)
-        size = self.clip.visual.image_size
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.image_size = _side(self.clip.visual.image_size)
         self.embed_dim = int(self.clip.visual.output_dim)
         # The pixel normalisation this model was trained with (set by open_clip from the pretrained tag).
         preprocess = open_clip.get_model_preprocess_cfg(self.clip)

@@ -51,7 +51,7 @@ def _title(df: pd.DataFrame, study_name: str, sel: Selection) -> str:
 def main_table(df: pd.DataFrame, study_name: str, epoch: str | int = "final") -> str:
     """The study's main table (the first applicable layout) as plain text, for the console."""
     from calm_study.report.render import to_text
-    from calm_study.results import conform
+    from calm_study.study.results import conform
 
     try:
         sel, tables = build_tables(conform(df), epoch)
@@ -72,7 +72,7 @@ def write_report(study_name: str, results_dir: str | Path = "results", epoch: st
     from calm_study.report import paper
     from calm_study.report.plots import plot
     from calm_study.report.render import to_markdown, to_text, write_files
-    from calm_study.results import RESULTS_FILE, SCHEMA_VERSION, load
+    from calm_study.study.results import RESULTS_FILE, SCHEMA_VERSION, load
 
     df = load(study_name, results_dir)
     sel, tables = build_tables(df, epoch)

@@ -14,9 +14,9 @@ import difflib
 from collections.abc import Callable
 from pathlib import Path
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.readers import didemo, lsmdc, msrvtt, msvd
 from calm_study.data.readers.safe_pickle import UnsafePickleError, load_restricted
+from calm_study.data.records import VideoRecord
 
 Reader = Callable[..., list[VideoRecord]]  # (root, split, videos_dir=None) -> records
 

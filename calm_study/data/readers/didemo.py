@@ -19,8 +19,8 @@ import csv
 import logging
 from pathlib import Path
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.readers._common import load_json
+from calm_study.data.records import VideoRecord
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CSV_COLUMNS = ("video_path", "starts", "ends", "text")

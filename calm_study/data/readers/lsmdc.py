@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.readers._common import StemIndex
+from calm_study.data.records import VideoRecord
 
 SPLIT_FILES: dict[str, str] = {
     "train": "LSMDC16_annos_training.csv",

@@ -18,8 +18,8 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.readers._common import load_json
+from calm_study.data.records import VideoRecord
 
 ANNOTATIONS = "MSRVTT_data.json"
 SPLIT_FILES: dict[str, str] = {

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.readers._common import StemIndex
 from calm_study.data.readers.safe_pickle import load_restricted
+from calm_study.data.records import VideoRecord
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CAPTIONS = "raw-captions.pkl"

@@ -1,4 +1,4 @@
-"""Retrieval metrics: the one definition calm_study uses everywhere.
+"""Retrieval metrics: the one definition calm_study uses everywhere (docs/metrics.md explains the conventions).
 
 Input: a similarity matrix sim (N_text, N_video), every (text, video) pair scored with that text (no query-dependent
 pooling from another caption, so no T-MASS-style leak), and text_to_video (N_text,): the video each text describes.
@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-RECALL_KS = (1, 5, 10)
-METRIC_NAMES = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR"))
+from calm_study.names import RECALL_KS
 
 
 def _summary(ranks: np.ndarray, prefix: str) -> dict[str, float]:

@@ -20,16 +20,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from calm_study.config import DatasetRef, TrialConfig, trial_to_dict
+from calm_study.config import DatasetRef, TrialConfig
 from calm_study.configio import flatten
-from calm_study.study import Study, Trial
+from calm_study.names import (
+    EVAL_PREFIX,
+    LOSS_TERMS,
+    RENAMED_TERMS,
+    RESULTS_FILE,
+    SKIPPED_VIDEOS,
+    all_metric_names,
+    eval_metrics_of,
+    loss_column,
+)
+from calm_study.study.spec import Study, Trial
+from calm_study.validate import trial_to_dict
 
-SCHEMA_VERSION = 2  # 2: arm_index, loss_align_dist; every file has every column below, with fixed types
-# The training log's "loss_align" term (kl/ce/mse distance) shares its name with the config column loss_align (the
-# variant): schema 1 lost the number to the config value; it is stored as loss_align_dist.
-RENAMED_TERMS = {"loss_align": "loss_align_dist"}
-RESULTS_FILE = "trials.parquet"
-METRIC_LOG = "metrics.jsonl"
+# 2: arm_index, loss_align_dist. 3: task, model_family, lr_new (and stable arm ids). Every file has every column
+# below, with fixed types; older files read with the columns they lack as nulls.
+SCHEMA_VERSION = 3
 
 # Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
 # variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema.
@@ -38,10 +46,10 @@ FIXED_COLUMNS = {
     "trial_key": "str", "trial_id": "str", "eval_set": "str", "eval_dataset": "str", "eval_split": "str",
     "train_dataset": "str", "in_domain": "boolean", "epoch": "int64", "epochs": "int64", "status": "str",
     "epoch_status": "str", "swept": "str",
-    **{f"{d}_{m}": "float64" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR")},
-    "skipped_videos": "Int64",
-    **{k: "float64" for k in ("loss_total", "loss_task", "loss_align_dist", "loss_align_rec", "loss_align_kl",
-                              "lr_clip", "train_s", "eval_s", "logged_at")},
+    **{m: "float64" for m in all_metric_names()},
+    SKIPPED_VIDEOS: "Int64",
+    **{k: "float64" for k in [loss_column(t) for t in LOSS_TERMS] + ["lr_clip", "lr_new", "train_s", "eval_s",
+                                                                      "logged_at"]},
     "train_skipped_videos": "Int64", "checkpoint": "str",
 }
 
@@ -81,11 +89,10 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_i
     rows = []
     cfg_cols = config_columns(trial)
     for rec in log:
-        common = {RENAMED_TERMS.get(k, k): v for k, v in rec.items()
-                  if not k.startswith("eval/") and k not in ("status", "checkpoint")}
+        common = {RENAMED_TERMS.get(k, k): v for k, v in rec.items()  # logs of calm_study 0.1 have "loss_align"
+                  if not k.startswith(EVAL_PREFIX) and k not in ("status", "checkpoint")}
         for ref in trial.config.data.eval:
-            prefix = f"eval/{ref.label}/"
-            metrics = {k[len(prefix):]: v for k, v in rec.items() if k.startswith(prefix)}
+            metrics = eval_metrics_of(rec, ref.label)
             rows.append({
                 "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "arm_index": arm_index,
                 "seed": trial.seed,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+ENCODE_MODES = ("every_step", "once")  # anchors.encode
 
 def _read_label_file(path: Path | str) -> list[str]:
     labels = []
@@ -82,8 +83,8 @@ class AnchorBank(nn.Module):
     def __init__(self, prompt_tokens: torch.Tensor, embed_dim: int, encode: str, embed_init_std: float,
                  encode_text: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
-        if encode not in ("every_step", "once"):
-            raise ValueError(f"anchors.encode {encode!r}: valid are every_step, once")
+        if encode not in ENCODE_MODES:
+            raise ValueError(f"anchors.encode {encode!r}: valid are {', '.join(ENCODE_MODES)}")
         self.encode = encode
         self.register_buffer("prompt_tokens", prompt_tokens, persistent=False)  # (K, L)
         self.embedding = nn.Parameter(torch.randn(prompt_tokens.shape[0], embed_dim) * embed_init_std)  # (K, D)

@@ -14,14 +14,13 @@ Loading is strict: every problem (unknown key, wrong type, bad value, bad search
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from calm_study.config import TrialConfig, check_trial, trial_to_dict
+from calm_study.config import TrialConfig
 from calm_study.configio import (
     ConfigError,
     dataclass_paths,
@@ -32,8 +31,10 @@ from calm_study.configio import (
     parse_yaml,
     set_path,
 )
-from calm_study.metrics import METRIC_NAMES
-from calm_study.search import SAMPLERS, edge_rows, parse_space
+from calm_study.names import TASK_METRICS, eval_key, trial_key
+from calm_study.study.identity import arm_id
+from calm_study.study.search import SAMPLERS, edge_rows, parse_space
+from calm_study.validate import check_trial, trial_to_dict
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class SchedulerSpec:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    name: str = "t2v_R1"  # a retrieval metric: {t2v,v2t}_{R1,R5,R10,MdR,MnR}
+    name: str = "t2v_R1"  # a metric of the study's task (names.TASK_METRICS), e.g. retrieval: {t2v,v2t}_{R1,..,MnR}
     eval_set: str = ""  # which evaluation set (its label); default: the first in data.eval
     mode: str = "max"  # max | min
 
@@ -101,17 +102,10 @@ class Trial:
 
     @property
     def key(self) -> str:
-        return f"{self.arm_id}-s{self.seed}"
+        return trial_key(self.arm_id, self.seed)
 
 
 STUDY_KEYS = [f.name for f in Study.__dataclass_fields__.values()]
-
-
-def arm_id(cfg: TrialConfig) -> str:
-    """Stable short hash of the resolved config without its seed: the key of every result row."""
-    d = trial_to_dict(cfg)
-    d["train"].pop("seed")
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def apply_overrides(doc: dict, sets: list[str], source: str) -> dict:
@@ -158,9 +152,10 @@ def _check_study(s: Study) -> list[str]:
     errs = []
     if not s.name or any(c in s.name for c in "/\\ "):
         errs.append(f"name: {s.name!r} must be non-empty without spaces or slashes")
-    if s.metric.name not in METRIC_NAMES:
-        errs.append(f"metric.name: {s.metric.name!r} is not valid{did_you_mean(s.metric.name, METRIC_NAMES)}; "
-                    f"valid: {', '.join(METRIC_NAMES)}")
+    metrics = TASK_METRICS.get(s.base.task, ())
+    if metrics and s.metric.name not in metrics:
+        errs.append(f"metric.name: {s.metric.name!r} is not a metric of task {s.base.task}"
+                    f"{did_you_mean(s.metric.name, metrics)}; valid: {', '.join(metrics)}")
     if s.metric.mode not in ("max", "min"):
         errs.append(f"metric.mode: {s.metric.mode!r} must be max or min")
     labels = [e.label for e in s.base.data.eval]
@@ -269,4 +264,4 @@ def expand(study: Study, source: str = "<study>") -> list[Trial]:
 def metric_key(study: Study) -> str:
     """The reported metric Tune optimises, e.g. 'eval/synthetic-plain-test/t2v_R1'."""
     eval_set = study.metric.eval_set or study.base.data.eval[0].label
-    return f"eval/{eval_set}/{study.metric.name}"
+    return eval_key(eval_set, study.metric.name)

@@ -13,17 +13,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from calm_study.config import trial_from_dict, trial_to_dict
 from calm_study.configio import flatten
-from calm_study.results import METRIC_LOG, build_results, parse_metric_log, results_path, write_parquet_atomic
-from calm_study.storage import Storage
-from calm_study.study import Study, Trial, expand, is_optuna, metric_key
-
-MANIFEST = "manifest.json"
-TRIAL_FILE = "trial.json"
+from calm_study.names import MANIFEST, METRIC_LOG, TRAIN_FOLDER, TRIAL_FILE, TUNE_FOLDER, key_of_run, run_name
+from calm_study.study.results import build_results, parse_metric_log, results_path, write_parquet_atomic
+from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
+from calm_study.study.storage import Storage
+from calm_study.validate import config_differences, trial_from_dict, trial_to_dict
 
 
 class StudyStateError(RuntimeError):
@@ -37,19 +35,19 @@ class StudyFiles:
         self.storage = Storage(study.storage)
         self.name = study.name
         self.root = self.storage.path(study.name)
-        self.tune = self.storage.path(study.name, "tune")
-        self.train = self.storage.path(study.name, "train")
+        self.tune = self.storage.path(study.name, TUNE_FOLDER)
+        self.train = self.storage.path(study.name, TRAIN_FOLDER)
         self.manifest = self.storage.path(study.name, MANIFEST)
 
     def run_log(self, key: str) -> str:
-        return self.storage.path(self.name, "train", f"train-{key}", METRIC_LOG)
+        return self.storage.path(self.name, TRAIN_FOLDER, run_name(key), METRIC_LOG)
 
     def error_file(self, tune_dir: str) -> str:
-        return self.storage.path(self.name, "tune", tune_dir, "error.txt")
+        return self.storage.path(self.name, TUNE_FOLDER, tune_dir, "error.txt")
 
     def trial_file(self, key: str) -> str:
         """An Optuna trial's identity (config, sampled values, Tune folder), written by its driver when it starts."""
-        return self.storage.path(self.name, "train", f"train-{key}", TRIAL_FILE)
+        return self.storage.path(self.name, TRAIN_FOLDER, run_name(key), TRIAL_FILE)
 
 
 def check_writable(storage: Storage, folder: str, what: str) -> None:
@@ -64,25 +62,48 @@ def check_writable(storage: Storage, folder: str, what: str) -> None:
                               "this user can write (on a cluster: one that every node sees)") from None
 
 
+IDENTITY = 2  # manifests of studies keyed by stable arm ids (study/identity.py); older ones have no "identity"
+
+
 def _manifest(study: Study, trials: list[Trial]) -> dict:
     base = flatten(trial_to_dict(study.base))
-    return {"trials": {t.key: t.swept for t in trials}, "base": {k: base[k] for k in base if k != "train.seed"},
-            "seeds": list(study.seeds)}
+    return {"identity": IDENTITY, "trials": {t.key: t.swept for t in trials},
+            "base": {k: base[k] for k in base if k != "train.seed"}, "seeds": list(study.seeds)}
+
+
+def _read_manifest(study: Study) -> dict | None:
+    files = StudyFiles(study)
+    text = files.storage.read_text(files.manifest)
+    return json.loads(text) if text is not None else None
+
+
+def adopt_recorded_keys(study: Study, trials: list[Trial]) -> list[Trial]:
+    """The trials, keyed as the study's manifest recorded them when it predates stable arm ids.
+
+    Such a study (begun with calm_study 0.1, whose arm ids hashed every field) keeps its keys, so its Train runs,
+    checkpoints and Parquet rows are found again; check_same_study still refuses it if any value changed."""
+    old = _read_manifest(study)
+    if old is None or old.get("identity") == IDENTITY:
+        return trials
+    recorded = {}
+    for key, swept in old["trials"].items():
+        arm, _, seed = key.rpartition("-s")
+        recorded[(json.dumps(swept, sort_keys=True), int(seed))] = arm
+    return [replace(t, arm_id=recorded.get((json.dumps(t.swept, sort_keys=True), t.seed), t.arm_id)) for t in trials]
 
 
 def check_same_study(study: Study, trials: list[Trial]) -> None:
-    """Record what the study started with; refuse to resume it with a changed set of trials, saying what changed."""
+    """Record what the study started with; refuse to resume it with changed trials or changed values, saying what
+    changed (a default value changed by an upgrade included: see study/identity.py)."""
     files = StudyFiles(study)
     new = _manifest(study, trials)
-    text = files.storage.read_text(files.manifest)
-    if text is None:
+    old = _read_manifest(study)
+    if old is None:
         files.storage.write_text(files.manifest, json.dumps(new, indent=1, sort_keys=True, default=str))
         return
-    old = json.loads(text)
-    if set(old["trials"]) == set(new["trials"]):
+    changes = [f"base {d}" for d in config_differences(old["base"], study.base) if not d.startswith("train.seed:")]
+    if set(old["trials"]) == set(new["trials"]) and not changes:
         return
-    changes = [f"base {k}: {old['base'].get(k)!r} -> {new['base'].get(k)!r}"
-               for k in sorted(set(old["base"]) | set(new["base"])) if old["base"].get(k) != new["base"].get(k)]
     if old["seeds"] != new["seeds"]:
         changes.append(f"seeds: {old['seeds']} -> {new['seeds']}")
     added = [json.dumps(v, sort_keys=True) for k, v in new["trials"].items() if k not in old["trials"]]
@@ -90,8 +111,9 @@ def check_same_study(study: Study, trials: list[Trial]) -> None:
     changes += [f"{len(added)} trial(s) added (e.g. {added[0]})"] if added else []
     changes += [f"{len(dropped)} trial(s) dropped (e.g. {dropped[0]})"] if dropped else []
     raise StudyStateError(
-        f"study {study.name!r} in {files.root} was started from a different study file: {'; '.join(changes)}. "
-        "Nothing was changed. Restore the original file (or --preset/--set) to resume it, run it under another name "
+        f"study {study.name!r} in {files.root} was started with a different configuration: {'; '.join(changes)}. "
+        "Nothing was changed. Restore the original file (or --preset/--set) to resume it (a value whose default "
+        "changed in an upgrade can be pinned to its old value in the study file), run it under another name "
         "(--set name=...), or pass --fresh to archive the old study and results and start again")
 
 
@@ -133,11 +155,12 @@ def tune_dir_of(study: Study, trial: Trial) -> str:
 def study_trials(study: Study) -> list[Trial]:
     """The study's trials: expanded from the file (grid), or found in storage (Optuna: sampled while it runs)."""
     if not is_optuna(study):
-        return expand(study)
+        return adopt_recorded_keys(study, expand(study))
     files = StudyFiles(study)
     trials = []
     for name in files.storage.list_names(files.train):
-        text = files.storage.read_text(files.trial_file(name[len("train-"):])) if name.startswith("train-") else None
+        key = key_of_run(name)
+        text = files.storage.read_text(files.trial_file(key)) if key else None
         if text:
             d = json.loads(text)
             trials.append(Trial(d["arm_id"], d["seed"], trial_from_dict(d["config"], name), d["swept"]))

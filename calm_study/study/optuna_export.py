@@ -1,8 +1,9 @@
 """After an Optuna study: its trials as an Optuna database, for optuna-dashboard, plots and importances.
 
 The searcher itself keeps its state in memory while the study runs (Ray Tune snapshots it, so it survives a driver
-kill); an SQLite storage during the run crashed on restore (shared notes §12). So the database is written afterwards,
-from the study's own results: results/<study>/_optuna.db (the "_" keeps it out of `pd.read_parquet`).
+kill); an SQLite storage during the run crashed on restore (docs/ray.md, "Optuna: in-memory searcher, exported
+afterwards"). So the database is written afterwards, from the study's own results: results/<study>/_optuna.db
+(the "_" keeps it out of `pd.read_parquet`).
 
     optuna-dashboard sqlite:///results/<study>/_optuna.db
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import optuna
 
-from calm_study.results import results_path
-from calm_study.search import parse_space
-from calm_study.study import Study, Trial, metric_key
-from calm_study.study_state import StudyStatus, trial_logs
+from calm_study.study.results import results_path
+from calm_study.study.search import parse_space
+from calm_study.study.spec import Study, Trial, metric_key
+from calm_study.study.state import StudyStatus, trial_logs
 
 OPTUNA_DB = "_optuna.db"
 

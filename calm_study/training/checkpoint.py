@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calm_study.config import TrialConfig, trial_to_dict
-from calm_study.configio import flatten
+from calm_study.config import TrialConfig
+from calm_study.configio import to_dict
+from calm_study.names import CHECKPOINT_FILE as STATE_FILE
+from calm_study.validate import config_differences
 
-STATE_FILE = "state.pt"
 # Keys that may differ between a checkpoint and the config resuming from it (they do not change what is trained).
 RESUMABLE_DIFFERENCES = ("train.epochs", "train.log_every", "train.eval_batch_size", "data.loader_workers",
                          "data.cache_dir", "data.eval", "data.roots", "data.video_dirs", "data.frame_cache",
@@ -52,16 +53,8 @@ def save_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.op
     """Write folder/state.pt (epoch = number of completed epochs) and return the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "rng": rng, "config": trial_to_dict(cfg)}, folder / STATE_FILE)
+                "epoch": epoch, "rng": rng, "config": to_dict(cfg)}, folder / STATE_FILE)
     return folder
-
-
-def config_differences(saved: dict, cfg: TrialConfig) -> list[str]:
-    """Flattened keys whose values differ between a checkpoint's config and `cfg` (ignoring resumable ones)."""
-    a, b = flatten(saved), flatten(trial_to_dict(cfg))
-    keys = sorted(set(a) | set(b))
-    return [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}" for k in keys
-            if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_DIFFERENCES)]
 
 
 def load_checkpoint(folder: Path, cfg: TrialConfig, map_location: torch.device | str = "cpu") -> dict:
@@ -70,7 +63,27 @@ def load_checkpoint(folder: Path, cfg: TrialConfig, map_location: torch.device |
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     state = torch.load(path, map_location=map_location, weights_only=True)
-    diffs = config_differences(state["config"], cfg)
+    diffs = [d for d in config_differences(state["config"], cfg) if not d.startswith(RESUMABLE_DIFFERENCES)]
     if diffs:
         raise ValueError(f"checkpoint {str(path)!r} was written for a different configuration: {'; '.join(diffs)}")
+    state["model"] = {LEGACY_MODULES.get(k.split(".", 1)[0], "") + k: v for k, v in state["model"].items()}
     return state
+
+
+# Checkpoints written before CALM became an add-on (calm_study 0.1) kept the anchor bank and the VAE at the top of
+# the model; they now live in the CALM head.
+LEGACY_MODULES = {"anchors": "calm.", "vae": "calm."}
+
+
+def restore(folder: Path, cfg: TrialConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+            rank: int, world_size: int, device: torch.device | str) -> int:
+    """Load a checkpoint into model, optimizer, scheduler and this worker's RNGs; returns the epochs it completed."""
+    state = load_checkpoint(folder, cfg, map_location=device)
+    model.load_state_dict(state["model"])
+    names = [g.get("name") for g in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, name in zip(optimizer.param_groups, names):  # older checkpoints' groups have no names
+        group["name"] = name
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], rank, world_size)
+    return int(state["epoch"])

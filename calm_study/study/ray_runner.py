@@ -1,4 +1,4 @@
-"""All of calm_study's Ray glue (Ray 2.60, Train V2; see shared/notes/ray.md for the verified pattern).
+"""All of calm_study's Ray glue (Ray 2.60, Train V2; docs/ray.md explains the pattern and its pitfalls).
 
 Each trial is a Tune *function* trainable (the driver) that launches a Ray Train `TorchTrainer` (a Trainer passed to
 Tuner fails in Train V2). The Train run is named after the trial's key (arm id + seed), so a restarted or restored
@@ -21,26 +21,27 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from calm_study.config import absolute_paths, trial_from_dict, trial_to_dict
 from calm_study.configio import set_path
-from calm_study.data_commands import preflight
-from calm_study.optuna_export import export_optuna
+from calm_study.data.sources import preflight
+from calm_study.names import METRIC_LOG, TRAIN_FOLDER, TRIAL_FILE, TUNE_FOLDER, run_name, trial_key
 from calm_study.progress import say
-from calm_study.results import METRIC_LOG
-from calm_study.search import parse_space
-from calm_study.storage import Storage
-from calm_study.study import Study, Trial, arm_id, expand, is_optuna, metric_key
-from calm_study.study_state import (
-    TRIAL_FILE,
+from calm_study.study.identity import arm_id
+from calm_study.study.optuna_export import export_optuna
+from calm_study.study.search import parse_space
+from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
+from calm_study.study.state import (
     StudyFiles,
     StudyStatus,
+    adopt_recorded_keys,
     archive,
     check_same_study,
     check_writable,
     study_trials,
     write_study_results,
 )
-from calm_study.train import fit
+from calm_study.study.storage import Storage
+from calm_study.training.fit import fit
+from calm_study.validate import absolute_paths, trial_from_dict, trial_to_dict
 
 DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
 
@@ -90,11 +91,11 @@ def _sampled_trial(config: dict, rt: dict) -> dict:
         doc = set_path(doc, key, value)
     cfg = trial_from_dict(set_path(doc, "train.seed", rt["seed"]), "sampled configuration")
     trial = {"arm_id": arm_id(cfg), "seed": rt["seed"], "trial": trial_to_dict(cfg)}
-    trial["key"] = f"{trial['arm_id']}-s{rt['seed']}"
+    trial["key"] = trial_key(trial["arm_id"], rt["seed"])
     storage = Storage(rt["storage"])
     record = {"arm_id": trial["arm_id"], "seed": rt["seed"], "swept": config["sampled"], "config": trial["trial"],
               "tune_dir": ray.tune.get_context().get_trial_id()}
-    storage.write_text(storage.path(rt["study"], "train", f"train-{trial['key']}", TRIAL_FILE), json.dumps(record))
+    storage.write_text(storage.path(rt["study"], TRAIN_FOLDER, run_name(trial["key"]), TRIAL_FILE), json.dumps(record))
     return trial
 
 
@@ -102,11 +103,11 @@ def _driver(config: dict) -> None:
     """The Tune trainable: one TorchTrainer run per trial, named after the trial key (deterministic => resumable)."""
     rt = config["runtime"]
     trial = config["trial"] if "trial" in config else _sampled_trial(config, rt)
-    name = f"train-{trial['key']}"
-    log_path = Storage(rt["storage"]).path(rt["study"], "train", name, METRIC_LOG)
+    name = run_name(trial["key"])
+    log_path = Storage(rt["storage"]).path(rt["study"], TRAIN_FOLDER, name, METRIC_LOG)
     run_config = ray.train.RunConfig(
         name=name, storage_path=rt["train_uri"],
-        callbacks=[EpochLog(rt["storage"], log_path), TuneReportCallback()],  # the log first (notes §5)
+        callbacks=[EpochLog(rt["storage"], log_path), TuneReportCallback()],  # the log first (docs/ray.md)
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         failure_config=ray.train.FailureConfig(max_failures=rt["train_retries"]),
     )
@@ -118,7 +119,7 @@ def _driver(config: dict) -> None:
 
 
 def _max_concurrent(study: Study) -> int:
-    """Trials at once: Tune does not count Train workers, so this is the real throttle (notes §8)."""
+    """Trials at once: Tune does not count Train workers, so this is the real throttle (docs/ray.md)."""
     r = study.resources
     if r.max_concurrent:
         return r.max_concurrent
@@ -129,7 +130,7 @@ def _max_concurrent(study: Study) -> int:
 
 
 def _domain(kind: str, args: list):
-    """A study-file distribution (calm_study.search) as a Ray Tune search domain."""
+    """A study-file distribution (calm_study.study.search) as a Ray Tune search domain."""
     if kind == "choice":
         return ray.tune.choice(args)
     if kind == "uniform":
@@ -145,7 +146,7 @@ def param_space(study: Study, trials: list[Trial]) -> dict:
     files = StudyFiles(study)
     r = study.resources
     runtime = {"storage": study.storage if files.storage.is_uri else files.storage.root, "study": study.name,
-               "train_uri": files.storage.uri(study.name, "train"),
+               "train_uri": files.storage.uri(study.name, TRAIN_FOLDER),
                "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
                "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries}
     if is_optuna(study):
@@ -161,7 +162,7 @@ def tune_config(study: Study) -> ray.tune.TuneConfig:
     """Metric, concurrency, and for Optuna studies the searcher; for `scheduler: asha`, early stopping."""
     scheduler = search_alg = None
     if study.scheduler.name == "asha":
-        # time_attr "epoch" (1-based, kept across restores), not training_iteration, which restarts at 1 (notes §9).
+        # time_attr "epoch" (1-based, kept across restores), not training_iteration, which restarts at 1 (docs/ray.md).
         max_t = max(t.config.train.epochs for t in expand(study))  # Optuna: the edges of its space
         scheduler = ray.tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=max_t,
                                                       grace_period=study.scheduler.grace_period,
@@ -173,7 +174,7 @@ def tune_config(study: Study) -> ray.tune.TuneConfig:
         q = study.search
         sampler = (optuna.samplers.TPESampler(seed=q.sampler_seed) if q.sampler == "tpe"
                    else optuna.samplers.RandomSampler(seed=q.sampler_seed))
-        search_alg = OptunaSearch(sampler=sampler)  # in-memory storage: Tune snapshots it (notes §12)
+        search_alg = OptunaSearch(sampler=sampler)  # in-memory storage: Tune snapshots it (docs/ray.md)
     return ray.tune.TuneConfig(
         metric=metric_key(study), mode=study.metric.mode, max_concurrent_trials=_max_concurrent(study),
         num_samples=study.search.num_samples if is_optuna(study) else 1, search_alg=search_alg, scheduler=scheduler,
@@ -191,17 +192,18 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
         say(f"archived the earlier run of {study.name} to {target}")
     check_writable(files.storage, files.root, "storage")
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
-    preflight(trials, f"study {study.name}")
+    trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
+    preflight([t.config for t in trials], f"study {study.name}")
     check_same_study(study, trials)
     if not ray.is_initialized():
         if address:  # a running cluster: its dashboard and State API are the cluster's own (start it with them on)
             ray.init(address=address, log_to_driver=True)
         else:
             # The dashboard keeps the State API up, which Train V2 needs to free the placement groups of stopped
-            # trials (notes §9); it also serves the jobs API, so it stays bound to localhost.
+            # trials (docs/ray.md); it also serves the jobs API, so it stays bound to localhost.
             ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     trainable = ray.tune.with_resources(_driver, {"cpu": DRIVER_CPUS})
-    tune_uri = files.storage.uri(study.name, "tune")
+    tune_uri = files.storage.uri(study.name, TUNE_FOLDER)
     if ray.tune.Tuner.can_restore(tune_uri):
         say(f"resuming study {study.name} from {tune_uri}")
         tuner = ray.tune.Tuner.restore(tune_uri, trainable, resume_errored=True)
@@ -210,7 +212,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
             trainable, param_space=param_space(study, trials),
             tune_config=tune_config(study),
             # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
-            run_config=ray.tune.RunConfig(name="tune", storage_path=files.storage.uri(study.name), verbose=0,
+            run_config=ray.tune.RunConfig(name=TUNE_FOLDER, storage_path=files.storage.uri(study.name), verbose=0,
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=study.failures.trial_retries)),
         )

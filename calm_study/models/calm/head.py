@@ -1,0 +1,71 @@
+"""CALM as an add-on any model family carries: anchors P, the two anchor distributions and the alignment terms.
+
+    P = text_encoder(prompts) + e                      (K, D)
+    V_p = softmax(τ·cos(mean_t h_t, P))                (B, K)   from the frames alone, never from a caption
+    S_p = softmax(τ·cos(h_CLS, P))                     (B, K)   from the deterministic caption feature
+    VAE (loss.align vae): V_p -> (μ, log σ²) -> z -> Ŝ_p logits
+
+A family calls `head(frame_mean, text, encode_text)` in its forward and merges the outputs into its own; the terms
+come from `head.terms(out)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calm_study.config import LossConfig, TrialConfig
+from calm_study.models.calm.align import ALIGN_LOSSES, Terms, align_weights
+from calm_study.models.calm.anchors import AnchorBank, pick_labels
+from calm_study.models.calm.vae import AnchorVAE
+
+
+def anchor_log_probs(features: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
+    """log softmax(τ·cos(features, P)) over the K anchors: (B, D), (K, D) -> (B, K)."""
+    cos = F.normalize(features, dim=-1) @ F.normalize(anchors, dim=-1).t()  # (B, K)
+    return F.log_softmax(tau * cos, dim=-1)
+
+
+class CALMHead(nn.Module):
+    def __init__(self, anchors: AnchorBank, vae: AnchorVAE | None, tau: float, loss: LossConfig):
+        super().__init__()
+        self.anchors = anchors
+        self.vae = vae
+        self.tau = tau
+        self.loss = loss
+
+    def forward(self, frame_mean: torch.Tensor, text: torch.Tensor,
+                encode_text: Callable[[torch.Tensor], torch.Tensor], vae_noise: torch.Tensor | None = None) -> dict:
+        """frame_mean (B, D), text (B, D) -> {"v_logp", "s_logp"} (B, K) and, for the VAE variant, "vae"."""
+        p = self.anchors(encode_text)  # (K, D)
+        out: dict = {"v_logp": anchor_log_probs(frame_mean, p, self.tau),  # (B, K)
+                     "s_logp": anchor_log_probs(text, p, self.tau)}  # (B, K)
+        if self.vae is not None:
+            out["vae"] = self.vae(out["v_logp"].exp(), noise=vae_noise)
+        return out
+
+    def terms(self, out: dict) -> Terms:
+        """The alignment terms of loss.align, unweighted."""
+        return ALIGN_LOSSES[self.loss.align](out, self.loss)
+
+    def term_weights(self) -> dict[str, float]:
+        return align_weights(self.loss)
+
+
+def build_calm_head(cfg: TrialConfig, tokenize: Callable[[list[str]], torch.Tensor],
+                    encode_text: Callable[[torch.Tensor], torch.Tensor], embed_dim: int) -> CALMHead | None:
+    """The CALM head a trial config describes, or None for the baseline (no anchors, loss.align none)."""
+    a = cfg.anchors
+    if a.count == 0 or cfg.loss.align == "none":
+        return None
+    labels = pick_labels(a.source, a.count, a.subset_seed)
+    tokens = tokenize([a.template.format(label=label) for label in labels])  # (K, L)
+    anchors = AnchorBank(tokens, embed_dim, a.encode, a.embed_init_std, encode_text)
+    vae = None
+    if cfg.loss.align == "vae":
+        v = cfg.vae
+        vae = AnchorVAE(a.count, v.latent_dim, v.encoder_hidden, v.decoder_hidden, v.dropout)
+    return CALMHead(anchors, vae, a.tau, cfg.loss)

@@ -1,0 +1,64 @@
+"""Model families: the contract every family keeps, and the registry `model.family` names.
+
+A family owns its outputs, its extra loss terms (a CALM head's, for instance), its named parameter groups, and how it
+scores a (text, video) pair. Evaluation never assumes a dot product: it builds a text bank and a video bank once and
+asks `score` for every (text, video) pair in chunks, so a family whose video feature depends on the query text can
+score each pair with that pair's own text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from calm_study.config import TrialConfig
+from calm_study.models.clip4clip import build_clip4clip
+
+
+class VideoTextModel(Protocol):
+    image_size: int  # input frames are S x S
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]]  # pixel (mean, std) the backbone expects
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """(N,) strings -> (N, L) token ids."""
+
+    def __call__(self, batch: dict) -> dict:
+        """A training batch {"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> named outputs."""
+
+    def extra_terms(self, out: dict) -> dict[str, torch.Tensor]:
+        """Loss terms the family adds to the task's (unweighted; {} when none)."""
+
+    def term_weights(self) -> dict[str, float]:
+        """The weight of each extra term."""
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups, each with its own learning rate: "clip" (pretrained encoders) and "new" (added modules)."""
+
+    def batch_logits(self, out: dict) -> torch.Tensor:
+        """(N_text, N_video) scaled scores of every pair of the global training batch; pair i is (text i, video i)."""
+
+    def text_bank(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What evaluation keeps per text."""
+
+    def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """What evaluation keeps per video."""
+
+    def score(self, text_bank: torch.Tensor, video_bank: torch.Tensor) -> torch.Tensor:
+        """(N_text, N_video) scores; pair (i, j) may use only text i and video j."""
+
+
+FAMILIES: dict[str, Callable[[TrialConfig], VideoTextModel]] = {"clip4clip": build_clip4clip}
+
+
+def list_families() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def build_model(cfg: TrialConfig) -> VideoTextModel:
+    """The model of a trial config: its family, with a CALM head when the config asks for anchors."""
+    if cfg.model.family not in FAMILIES:
+        raise ValueError(f"model.family {cfg.model.family!r} is unknown; valid: {', '.join(list_families())}")
+    return FAMILIES[cfg.model.family](cfg)

@@ -1,0 +1,75 @@
+"""Names that cross files and processes, spelled once: metric names per task, the per-epoch metric keys, trial keys,
+run folders, storage folders and files, and loss-term columns.
+
+A worker writes `eval/<set>/<metric>` keys, the controller logs them, the results package parses them back and the
+report reads the columns they become; each of those places imports the spelling from here. This module is a leaf: it
+imports nothing from calm_study.
+"""
+
+from __future__ import annotations
+
+# ---- metrics, per task ------------------------------------------------------------------------------------------
+RECALL_KS = (1, 5, 10)
+RETRIEVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR"))
+TASK_METRICS: dict[str, tuple[str, ...]] = {"retrieval": RETRIEVAL_METRICS}
+
+
+def all_metric_names() -> tuple[str, ...]:
+    """Every metric any task reports, in task order (the Parquet has one column each)."""
+    return tuple(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
+
+
+# ---- per-epoch metric keys (what a worker reports and the metric log stores) ------------------------------------
+EVAL_PREFIX = "eval/"
+SKIPPED_VIDEOS = "skipped_videos"  # per evaluation set: videos dropped under data.on_error=skip
+
+
+def eval_key(eval_set: str, metric: str) -> str:
+    """'eval/<set>/<metric>', e.g. 'eval/synthetic-plain-test/t2v_R1'."""
+    return f"{EVAL_PREFIX}{eval_set}/{metric}"
+
+
+def eval_metrics_of(record: dict, eval_set: str) -> dict:
+    """The metrics of one evaluation set in a reported record: {metric: value}."""
+    prefix = f"{EVAL_PREFIX}{eval_set}/"
+    return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+
+
+# ---- loss terms -------------------------------------------------------------------------------------------------
+LOSS_PREFIX = "loss_"
+# A logged term whose column would collide with a config column: the kl/ce/mse distance "align" would be
+# "loss_align", which is also the flattened config key loss.align (the variant's name).
+RENAMED_TERMS = {"loss_align": "loss_align_dist"}
+LOSS_TERMS = ("total", "task", "align", "align_rec", "align_kl")  # every term a shipped model or task logs
+
+
+def loss_column(term: str) -> str:
+    """The per-epoch key and Parquet column of a loss term: 'task' -> 'loss_task', 'align' -> 'loss_align_dist'."""
+    key = f"{LOSS_PREFIX}{term}"
+    return RENAMED_TERMS.get(key, key)
+
+
+# ---- trials, runs and storage -----------------------------------------------------------------------------------
+RUN_PREFIX = "train-"
+TUNE_FOLDER = "tune"  # <storage>/<study>/tune/: Ray Tune's experiment
+TRAIN_FOLDER = "train"  # <storage>/<study>/train/train-<key>/: Ray Train checkpoints and the metric log
+MANIFEST = "manifest.json"  # <storage>/<study>/manifest.json
+TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
+METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
+RESULTS_FILE = "trials.parquet"  # <results_dir>/<study>/trials.parquet
+CHECKPOINT_FILE = "state.pt"
+
+
+def trial_key(arm_id: str, seed: int) -> str:
+    """'<arm id>-s<seed>': names the trial's Tune folder, its Train run and its rows."""
+    return f"{arm_id}-s{seed}"
+
+
+def run_name(key: str) -> str:
+    """The Ray Train run (and storage folder) of a trial: 'train-<key>'."""
+    return f"{RUN_PREFIX}{key}"
+
+
+def key_of_run(name: str) -> str | None:
+    """The trial key of a run folder name, or None for any other name."""
+    return name[len(RUN_PREFIX):] if name.startswith(RUN_PREFIX) else None

@@ -1,0 +1,47 @@
+"""The Task contract: what differs between tasks, and nothing else (the training loop is the same for all).
+
+A task owns its dataset items, its loss terms, its evaluation and its metric names. A model family owns its outputs,
+its extra terms (CALM's) and its scores; the loop combines the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch.utils.data import Dataset
+
+from calm_study.data.records import VideoRecord
+from calm_study.models.families import VideoTextModel
+
+Terms = dict[str, torch.Tensor]
+
+
+class Task(Protocol):
+    name: str
+    metric_names: tuple[str, ...]  # every key `evaluate` returns, in display order (names.TASK_METRICS[name])
+
+    def train_items(self, records: Sequence[VideoRecord], **video: object) -> Dataset:
+        """Training items (collated by data.dataset.collate); `video`: frames, size, normalisation, decoder, cache."""
+
+    def eval_items(self, records: Sequence[VideoRecord], **video: object) -> Dataset:
+        """One evaluation set's items."""
+
+    def loss_terms(self, model: VideoTextModel, out: dict) -> Terms:
+        """The task's own loss terms (unweighted) from the model's outputs for a training batch."""
+
+    def term_weights(self) -> dict[str, float]:
+        """The weight of each of the task's terms."""
+
+    def evaluate(self, model: VideoTextModel, items: Dataset, device: torch.device, batch_size: int
+                 ) -> dict[str, float]:
+        """Metrics of the model on one evaluation set: {name: value} for every name in metric_names."""
+
+
+def weighted_total(terms: Terms, weights: dict[str, float]) -> torch.Tensor:
+    """Σ weight · term over the named terms, in their order; a term without a weight is a bug, not a zero."""
+    missing = [k for k in terms if k not in weights]
+    if missing:
+        raise KeyError(f"loss terms without a weight: {missing}")
+    return sum(weights[k] * v for k, v in terms.items())

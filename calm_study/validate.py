@@ -1,0 +1,158 @@
+"""Semantic checks of a trial config: every name against its registry, ranges and combinations.
+
+config.py only declares the dataclasses (a leaf); this module asks each owner which names are valid, so a list of
+choices is spelled once, where the thing it names is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from calm_study.config import DataConfig, TrialConfig
+from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, to_dict
+
+
+def _choice(path: str, value: Any, valid: list[str] | tuple[str, ...]) -> list[str]:
+    if value in valid:
+        return []
+    return [f"{path}: {value!r} is not valid{did_you_mean(value, valid)}; valid: {', '.join(valid)}"]
+
+
+def check_trial(cfg: TrialConfig) -> list[str]:
+    """Every problem of a config that types alone cannot express (an empty list when it is valid)."""
+    from calm_study.models.calm.align import list_align_losses
+    from calm_study.models.calm.anchors import ENCODE_MODES, count_labels, list_label_sources
+    from calm_study.models.families import list_families
+    from calm_study.models.temporal import list_temporal_fusions
+    from calm_study.tasks import list_tasks
+    from calm_study.training.optim import PRECISIONS
+
+    errs: list[str] = []
+    errs += _choice("task", cfg.task, list_tasks())
+    errs += _choice("model.family", cfg.model.family, list_families())
+    errs += _choice("model.temporal", cfg.model.temporal, list_temporal_fusions())
+    errs += _choice("loss.align", cfg.loss.align, list_align_losses())
+    errs += _choice("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
+    errs += _choice("train.precision", cfg.train.precision, PRECISIONS)
+    a = cfg.anchors
+    if "{label}" not in a.template:
+        errs.append(f"anchors.template: {a.template!r} must contain {{label}}")
+    if a.count < 0:
+        errs.append(f"anchors.count: {a.count} must be >= 0 (0 = baseline without anchors)")
+    elif a.count > 0:
+        try:
+            n = count_labels(a.source)
+            if a.count > n:
+                errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
+        except ValueError as e:
+            errs.append(f"anchors.source: {e}; valid: {', '.join(list_label_sources())} or a label file path")
+    if a.count == 0 and cfg.loss.align != "none":
+        errs.append(f"loss.align: {cfg.loss.align!r} needs anchors; the baseline (anchors.count 0) has loss.align none")
+    if a.count > 0 and cfg.loss.align == "none":
+        errs.append(f"anchors.count: {a.count} anchors are unused with loss.align none; set anchors.count 0")
+    if a.tau <= 0:
+        errs.append(f"anchors.tau: {a.tau} must be > 0")
+    for name in ("align_weight", "alpha", "task_weight"):
+        if getattr(cfg.loss, name) < 0:
+            errs.append(f"loss.{name}: {getattr(cfg.loss, name)} must be >= 0")
+    if cfg.vae.latent_dim < 1 or any(w < 1 for w in cfg.vae.encoder_hidden + cfg.vae.decoder_hidden):
+        errs.append("vae: latent_dim and hidden widths must be >= 1")
+    for name, v in (("vae.dropout", cfg.vae.dropout), ("model.temporal_dropout", cfg.model.temporal_dropout)):
+        if not 0 <= v < 1:
+            errs.append(f"{name}: {v} must be in [0, 1)")
+    if cfg.data.num_frames < 1:
+        errs.append(f"data.num_frames: {cfg.data.num_frames} must be >= 1")
+    if not cfg.data.eval:
+        errs.append("data.eval: at least one evaluation set is needed")
+    labels = [e.label for e in cfg.data.eval]
+    if len(set(labels)) != len(labels):
+        errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
+    errs += _check_data(cfg.data)
+    o, t = cfg.optim, cfg.train
+    if o.lr_clip < 0 or o.lr_new < 0:
+        errs.append("optim: learning rates must be >= 0")
+    if len(o.betas) != 2:
+        errs.append(f"optim.betas: expected two numbers (β1, β2), got {list(o.betas)}")
+    if not 0 <= o.warmup_fraction < 1:
+        errs.append(f"optim.warmup_fraction: {o.warmup_fraction} must be in [0, 1)")
+    if t.epochs < 1 or t.batch_size < 1 or t.eval_batch_size < 1:
+        errs.append("train: epochs, batch_size and eval_batch_size must be >= 1")
+    return errs
+
+
+def _check_data(d: DataConfig) -> list[str]:
+    from calm_study.data.dataset import FAILURE_POLICIES
+    from calm_study.data.readers import SPLITS, list_datasets
+    from calm_study.data.synthetic import DOMAINS
+    from calm_study.data.synthetic import SPLITS as SYNTHETIC_SPLITS
+    from calm_study.data.video import DECODERS
+
+    errs = _choice("data.decoder", d.decoder, DECODERS) + _choice("data.on_error", d.on_error, FAILURE_POLICIES)
+    splits = {"synthetic": SYNTHETIC_SPLITS, **SPLITS}
+    for i, ref in enumerate((d.train, *d.eval)):
+        where = "data.train" if i == 0 else f"data.eval[{i - 1}]"
+        bad = _choice(f"{where}.dataset", ref.dataset, ["synthetic", *list_datasets()])
+        errs += bad
+        if bad:
+            continue
+        errs += _choice(f"{where}.split", ref.split, list(splits[ref.dataset]))
+        if ref.dataset == "synthetic":
+            errs += _choice(f"{where}.domain", ref.domain, DOMAINS)
+        elif not d.roots.get(ref.dataset):
+            errs.append(f"data.roots.{ref.dataset}: not set, but {where} reads {ref.dataset}; give the dataset's root "
+                        f"folder, e.g. --set data.roots.{ref.dataset}=/data/{ref.dataset}")
+    for key in list(d.roots) + list(d.video_dirs):
+        if key not in splits:
+            errs.append(f"data.roots/video_dirs: {key!r} is not a dataset{did_you_mean(key, splits)}; "
+                        f"valid: {', '.join(splits)}")
+    return errs
+
+
+def absolute_paths(cfg: TrialConfig) -> TrialConfig:
+    """The config with its data paths made absolute against this process's working directory, for workers that run
+    elsewhere (Ray workers do not share the driver's working directory)."""
+
+    def absolute(p: str) -> str:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    d = cfg.data
+    data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
+                   roots={k: absolute(v) for k, v in d.roots.items()})
+    return replace(cfg, data=data)
+
+
+def trial_from_dict(data: dict, source: str = "<config>") -> TrialConfig:
+    """Build and check a TrialConfig; raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"expected a mapping of sections, got {type(data).__name__}"])
+    errors: list[str] = []
+    cfg = from_dict(TrialConfig, data, "", errors)
+    if not errors:
+        errors += check_trial(cfg)
+    if errors:
+        raise ConfigError(source, errors)
+    return cfg
+
+
+def trial_to_dict(cfg: TrialConfig) -> dict:
+    return to_dict(cfg)
+
+
+def config_differences(saved: dict, cfg: TrialConfig) -> list[str]:
+    """'key: a -> b' for every flattened key whose value differs between a stored config (a checkpoint's,
+    a manifest's) and `cfg`.
+
+    A key the stored config lacks was added to calm_study after it was written: it matches when `cfg` has that
+    field's default (the behaviour the stored run had). A key `cfg` lacks was removed from calm_study: ignored.
+    """
+    a, b = flatten(saved), flatten(to_dict(cfg))
+    defaults = flatten(to_dict(TrialConfig()))
+    diffs = []
+    for k in sorted(b):
+        before = a[k] if k in a else defaults.get(k)
+        if before != b[k]:
+            added = "" if k in a else " (a field added since; the stored run had its default)"
+            diffs.append(f"{k}: {before!r} -> {b[k]!r}{added}")
+    return diffs
