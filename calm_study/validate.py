@@ -148,7 +148,7 @@ def config_differences(saved: dict, cfg: TrialConfig) -> list[str]:
     field's default (the behaviour the stored run had). A key `cfg` lacks was removed from calm_study: ignored.
     """
     a, b = flatten(saved), flatten(to_dict(cfg))
-    defaults = flatten(to_dict(TrialConfig()))
+    defaults = flatten(to_dict(type(cfg)()))
     diffs = []
     for k in sorted(b):
         before = a[k] if k in a else defaults.get(k)

@@ -137,3 +137,26 @@ def test_every_column_is_documented():
     missing = [c for c in columns if f"`{c}`" not in documented and not c.startswith("data_synthetic_")]
     assert not missing, f"columns missing from results/_README.md: {missing}"
     assert not (REPO / "results" / "README.md").exists()  # it would make pd.read_parquet('results') fail
+
+
+def test_a_results_file_of_schema_2_reads_beside_a_current_one(tmp_path):
+    """Two rows written by calm_study 0.1 (schema 2, before task/model_family/lr_new): `pd.read_parquet('results')`
+    reads both studies at once in either file order, and `load` brings the old rows to the current columns."""
+    import shutil
+
+    from calm_study.study.results import SCHEMA_VERSION, conform, load
+
+    old = pd.read_parquet(REPO / "tests" / "data" / "schema2_trials.parquet")
+    assert set(old.schema_version) == {2} and "model_family" not in old
+    new = conform(old.assign(schema_version=SCHEMA_VERSION, study="new", task="retrieval",
+                             model_family="clip4clip", lr_new=1e-5))
+    for old_name, new_name in (("a_old", "b_new"), ("b_old", "a_new")):
+        root = tmp_path / old_name[0]
+        (root / old_name).mkdir(parents=True)
+        (root / new_name).mkdir()
+        shutil.copy(REPO / "tests" / "data" / "schema2_trials.parquet", root / old_name / "trials.parquet")
+        new.to_parquet(root / new_name / "trials.parquet", index=False)
+        both = pd.read_parquet(root)
+        assert len(both) == 4 and set(both.schema_version) == {2, SCHEMA_VERSION}
+        loaded = load(old_name, results_dir=root)
+        assert loaded.model_family.isna().all() and loaded.t2v_R1.tolist() == old.t2v_R1.tolist()

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import fields, is_dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from calm_study.config import DatasetRef, TrialConfig
+from calm_study.config import TrialConfig
 from calm_study.configio import to_dict
 
 BASELINE_FILE = "identity_baseline.json"
@@ -30,7 +31,7 @@ _OMIT = object()
 
 @lru_cache(maxsize=1)
 def baseline() -> dict:
-    """{"trial": nested defaults of TrialConfig, "dataset_ref": defaults of one DatasetRef} as recorded."""
+    """{"trial": nested defaults of TrialConfig, "elements": {field path: defaults of one element}} as recorded."""
     return json.loads((resources.files("calm_study.study") / BASELINE_FILE).read_text(encoding="utf-8"))
 
 
@@ -42,36 +43,43 @@ def _reference(recorded: Any, current: Any) -> Any:
     return current if recorded is _OMIT else recorded
 
 
-def _canonical(value: Any, reference: Any, element_reference: dict) -> Any:
-    """`value` without what equals `reference`; _OMIT when nothing is left. Lists of mappings (evaluation sets) are
-    compared element by element against `element_reference`."""
+def _strip(value: Any, reference: Any) -> Any:
+    """A plain value without what equals `reference` (key by key for mappings); _OMIT when nothing is left."""
     if isinstance(value, dict):
         reference = reference if isinstance(reference, dict) else {}
-        out = {}
-        for k, v in value.items():
-            c = _canonical(v, reference.get(k, _OMIT), element_reference)
-            if c is not _OMIT:
-                out[k] = c
+        out = {k: c for k, v in value.items() if (c := _strip(v, reference.get(k, _OMIT))) is not _OMIT}
         return out or _OMIT
-    if isinstance(value, list) and value and all(isinstance(e, dict) for e in value):
-        mine = [_canonical(e, element_reference, element_reference) for e in value]
-        mine = [{} if e is _OMIT else e for e in mine]
-        if isinstance(reference, list) and all(isinstance(e, dict) for e in reference):
-            theirs = [_canonical(e, element_reference, element_reference) for e in reference]
-            if mine == [{} if e is _OMIT else e for e in theirs]:
-                return _OMIT
-        return mine
     return _OMIT if value == reference else value
+
+
+def _canonical(value: Any, reference: Any, path: str) -> Any:
+    """`value` (a config object) as plain data without what equals `reference` (its plain default); tuples of
+    dataclasses (evaluation sets) element by element, each against its own class's defaults."""
+    if is_dataclass(value):
+        reference = reference if isinstance(reference, dict) else {}
+        out = {}
+        for f in fields(value):
+            c = _canonical(getattr(value, f.name), reference.get(f.name, _OMIT), f"{path}{f.name}.")
+            if c is not _OMIT:
+                out[f.name] = c
+        return out or _OMIT
+    if isinstance(value, tuple) and value and all(is_dataclass(e) for e in value):
+        element = _reference(baseline()["elements"].get(path.rstrip("."), _OMIT), to_dict(type(value[0])()))
+        mine = [_strip(to_dict(e), element) for e in value]
+        theirs = [_strip(e, element) for e in reference] if isinstance(reference, list) else None
+        plain = [{} if e is _OMIT else e for e in mine]
+        return _OMIT if theirs is not None and plain == [{} if e is _OMIT else e for e in theirs] else plain
+    return _strip(_plain(value), reference)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def canonical_config(cfg: TrialConfig) -> dict:
     """What makes an arm: the config's values that differ from the reference defaults, seed excluded."""
-    doc = to_dict(cfg)
-    doc["train"].pop("seed", None)
-    b = baseline()
-    reference = _reference(b["trial"], to_dict(TrialConfig()))
-    element = _reference(b["dataset_ref"], to_dict(DatasetRef()))
-    out = _canonical(doc, reference, element)
+    reference = _reference(baseline()["trial"], to_dict(type(cfg)()))
+    out = _canonical(replace(cfg, train=replace(cfg.train, seed=0)), reference, "")
     return {} if out is _OMIT else out
 
 
