@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = "clip4clip"  # model family (models/families.py): clip4clip (text-independent video feature)
+    # Model family (models/families.py): clip4clip (one text-independent video feature per video) | xpool (X-Pool:
+    # each video pooled over its frames by the query text) | tmass (X-Pool + T-MASS's stochastic text; the paper's base)
+    family: str = "clip4clip"
     clip: str = "ViT-B-32-quickgelu"  # open_clip architecture (open_clip.list_models(), plus our calm-tiny)
     pretrained: str | None = "openai"  # open_clip pretrained tag of `clip`, a local checkpoint file, or null (random)
     temporal: str = "mean"  # temporal fusion Ψ_TE: mean | transformer
     temporal_layers: int = 4  # transformer fusion: encoder layers (>= 1)
     temporal_heads: int = 8  # transformer fusion: attention heads (must divide the CLIP embedding width)
     temporal_dropout: float = 0.1  # transformer fusion: dropout in [0, 1)
+    pool_heads: int = 1  # xpool/tmass: heads of the text-conditioned pooling (X-Pool: 1); must divide the CLIP width
+    pool_dropout: float = 0.3  # xpool/tmass: dropout of the pooling's linear branch (X-Pool/T-MASS: 0.3) in [0, 1)
+    prior: str = "uniform01"  # tmass: ε of t_s = t + ε⊙R: uniform01 (U[0,1)^D, T-MASS's default) | normal (N(0, std²))
+    prior_std: float = 1.0  # tmass, prior normal: std of ε (T-MASS's LSMDC recipe: 3e-3); > 0
+    support_weight: float = 0.0  # tmass: weight of the support-text loss (T-MASS's MSR-VTT recipe: 0.8); >= 0
+    trials: int = 20  # tmass: stochastic texts per (text, video) pair at evaluation, the best kept (T-MASS: 20); >= 1
+    eval_seed: int = 0  # tmass: seed of those draws (per text), so evaluation is deterministic
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    # leakfree: every (text, video) pair is scored with that text only. tmass_compat: T-MASS's published indexing, where
+    # each candidate video is pooled by its own ground-truth caption (the evaluation leak; xpool/tmass only, one
+    # caption per video, as many texts as videos) — to compare with published numbers and measure the leak; every
+    # results row and report caption names the protocol (docs/metrics.md, "Leak-free scoring")
+    protocol: str = "leakfree"
+    text_chunk: int = 64  # texts scored against every video per call: memory ~ text_chunk x N_video x D floats; >= 1
+    dsl: bool = False  # T-MASS's DSL post-processing (S ⊙ softmax(100·S) over the queries); labelled when on
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     task: str = "retrieval"  # what is trained and evaluated (calm_study/tasks): retrieval
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -130,3 +150,4 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -24,9 +24,11 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     """Every problem of a config that types alone cannot express (an empty list when it is valid)."""
     from calm_study.models.calm.align import list_align_losses
     from calm_study.models.calm.anchors import ENCODE_MODES, count_labels, list_label_sources
-    from calm_study.models.families import list_families
+    from calm_study.models.families import TEXT_CONDITIONED, list_families
     from calm_study.models.temporal import list_temporal_fusions
+    from calm_study.models.tmass import PRIORS
     from calm_study.tasks import list_tasks
+    from calm_study.tasks.retrieval.scoring import PROTOCOLS
     from calm_study.training.optim import PRECISIONS
 
     errs: list[str] = []
@@ -36,6 +38,20 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     errs += _choice("loss.align", cfg.loss.align, list_align_losses())
     errs += _choice("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
     errs += _choice("train.precision", cfg.train.precision, PRECISIONS)
+    m, ev = cfg.model, cfg.evaluation
+    errs += _choice("model.prior", m.prior, PRIORS) + _choice("evaluation.protocol", ev.protocol, PROTOCOLS)
+    if ev.protocol == "tmass_compat" and m.family not in TEXT_CONDITIONED:
+        errs.append(f"evaluation.protocol: tmass_compat reproduces how T-MASS pools candidates with their own "
+                    f"caption; model.family {m.family!r} pools no video by a text (use it with "
+                    f"{' or '.join(TEXT_CONDITIONED)}, or keep protocol leakfree)")
+    for name, value, low in (("model.pool_heads", m.pool_heads, 1), ("model.trials", m.trials, 1),
+                             ("evaluation.text_chunk", ev.text_chunk, 1)):
+        if value < low:
+            errs.append(f"{name}: {value} must be >= {low}")
+    if m.prior_std <= 0:
+        errs.append(f"model.prior_std: {m.prior_std} must be > 0")
+    if m.support_weight < 0:
+        errs.append(f"model.support_weight: {m.support_weight} must be >= 0")
     a = cfg.anchors
     if "{label}" not in a.template:
         errs.append(f"anchors.template: {a.template!r} must contain {{label}}")
@@ -59,7 +75,8 @@ def check_trial(cfg: TrialConfig) -> list[str]:
             errs.append(f"loss.{name}: {getattr(cfg.loss, name)} must be >= 0")
     if cfg.vae.latent_dim < 1 or any(w < 1 for w in cfg.vae.encoder_hidden + cfg.vae.decoder_hidden):
         errs.append("vae: latent_dim and hidden widths must be >= 1")
-    for name, v in (("vae.dropout", cfg.vae.dropout), ("model.temporal_dropout", cfg.model.temporal_dropout)):
+    for name, v in (("vae.dropout", cfg.vae.dropout), ("model.temporal_dropout", cfg.model.temporal_dropout),
+                    ("model.pool_dropout", cfg.model.pool_dropout)):
         if not 0 <= v < 1:
             errs.append(f"{name}: {v} must be in [0, 1)")
     if cfg.data.num_frames < 1:

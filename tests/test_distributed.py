@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -23,12 +24,14 @@ def make_inputs(model):
     tokens = model.tokenize([f"a {c} shape moves {d}" for c, d in zip(
         ["red", "green", "blue", "cyan", "pink", "grey"], ["left", "right", "up", "down", "left", "up"])])
     noise = torch.randn(BATCH, 256, generator=g)  # the VAE's ε, so both runs draw the same sample
-    return frames, mask, tokens, noise
+    text_noise = torch.rand(BATCH, 64, generator=g)  # T-MASS's ε of the stochastic text, likewise
+    return frames, mask, tokens, noise, text_noise
 
 
 def step(model, wrapped, cfg, sl):
-    frames, mask, tokens, noise = make_inputs(model)
-    out = wrapped({"frames": frames[sl], "mask": mask[sl], "tokens": tokens[sl]}, vae_noise=noise[sl])
+    frames, mask, tokens, noise, text_noise = make_inputs(model)
+    batch = {"frames": frames[sl], "mask": mask[sl], "tokens": tokens[sl], "text_noise": text_noise[sl]}
+    out = wrapped(batch, vae_noise=noise[sl])
     task = build_task(cfg)
     terms = step_terms(task, model, out, {**task.term_weights(), **model.term_weights()})
     terms["total"].backward()
@@ -57,11 +60,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_workers_match_one_worker_on_the_concatenated_batch(tiny_doc, tmp_path):
+@pytest.mark.parametrize("family", ["clip4clip", "tmass"])
+def test_two_workers_match_one_worker_on_the_concatenated_batch(tiny_doc, tmp_path, family):
+    """The loss and every gradient of 2 gloo workers = those of 1 worker on the concatenated batch: for clip4clip
+    (transformer fusion) and for tmass (pairwise pooling, stochastic text, support term), both with CALM."""
     tiny_doc["vae"] = {"dropout": 0.0}  # dropout masks would differ between the two layouts
-    tiny_doc["model"]["temporal"] = "transformer"
-    tiny_doc["model"]["temporal_heads"] = 4
-    tiny_doc["model"]["temporal_dropout"] = 0.0
+    tiny_doc["model"].update(family=family, temporal="transformer", temporal_heads=4, temporal_dropout=0.0,
+                             pool_dropout=0.0, support_weight=0.8)
     torch.manual_seed(0)
     cfg = trial_from_dict(tiny_doc)
     model = build_model(cfg)

@@ -24,7 +24,8 @@ IN_OUT = {"msrvtt": ("msrvtt", "test", True), "didemo": ("didemo", "test", False
 
 def arm(arm_id, index, swept, **config):
     cfg = {"anchors_count": 157, "anchors_source": "charades", "loss_align": "vae", "loss_alpha": 0.1,
-           "data_train": "msrvtt-train", "train_dataset": "msrvtt", **config}
+           "data_train": "msrvtt-train", "train_dataset": "msrvtt", "model_family": "tmass",
+           "evaluation_protocol": "leakfree", **config}
     return {"arm_id": arm_id, "arm_index": index, "swept": json.dumps(swept, sort_keys=True), **cfg}
 
 
@@ -64,6 +65,27 @@ def anchor_frame():
     final[("a91", 3)] = {"msrvtt": 50.0, "didemo": 50.0}  # stopped after epoch 1: left out and counted
     df = rows("anchor", ANCHOR_ARMS, final, status={("a91", 3): "incomplete"})
     return df[~((df.seed == 3) & (df.epoch == 2))]
+
+
+def test_paper_values_only_beside_tmass_arms_and_the_baseline_is_the_same_family_without_calm():
+    """CALM's numbers are on T-MASS: a clip4clip study prints none of them; with both families in one study, each
+    CALM arm is compared with its own family's no-anchor arm; every caption names the families and the protocol."""
+    clip4clip = [dict(a, model_family="clip4clip") for a in ANCHOR_ARMS]
+    final = {(a, s): {"msrvtt": v, "didemo": v / 2} for a, vs in ANCHOR_R1.items() for s, v in enumerate(vs)}
+    f = build_tables(rows("anchor", clip4clip, final))[1][0].frame.set_index("unit")
+    assert f.id_t2v_R1_paper.isna().all()
+
+    mixed = [dict(a, arm_id=f"c{a['arm_id']}", arm_index=a["arm_index"] + 3, model_family="clip4clip",
+                  swept=json.dumps({**json.loads(a["swept"]), "model.family": "clip4clip"}))
+             for a in ANCHOR_ARMS]
+    mixed += [dict(a, swept=json.dumps({**json.loads(a["swept"]), "model.family": "tmass"})) for a in ANCHOR_ARMS]
+    final.update({(f"c{a}", s): {"msrvtt": v + 1, "didemo": v} for a, vs in ANCHOR_R1.items()
+                  for s, v in enumerate(vs)})
+    t6 = build_tables(rows("anchor", mixed, final))[1][0]
+    f = t6.frame.set_index("unit")
+    assert f.loc["ca50", "id_t2v_R1_diff"] == 2 and f.loc["a50", "id_t2v_R1_diff"] == 2  # each vs its own a0
+    assert f.loc["a0", "id_t2v_R1_paper"] == 48.9 and math.isnan(f.loc["ca0", "id_t2v_R1_paper"])
+    assert "model family tmass, clip4clip" in t6.caption and "leak-free scoring" in t6.caption
 
 
 def test_stats_by_hand():

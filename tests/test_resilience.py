@@ -57,7 +57,8 @@ def finish(proc, timeout=600):
 
 
 def kill_tree(proc, tmp_path):
-    """SIGKILL the driver's session, then any Ray process of this test that escaped it (docs/ray.md#after-a-driver-kill)."""
+    """SIGKILL the driver's session, then any Ray process of this test that escaped it (docs/ray.md, "After a driver
+    kill")."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     subprocess.run(["pkill", "-9", "-f", ray_tmp(tmp_path)], check=False)

@@ -8,8 +8,6 @@ With a CALM head, V_p comes from mean_t h_t and S_p from h_CLS (see models/calm/
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,32 +16,19 @@ from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import CALMHead, build_calm_head
+from calm_study.models.clip_family import CLIPFamily
 from calm_study.models.temporal import build_temporal_fusion, masked_mean
 
 
-class Clip4Clip(nn.Module):
+class Clip4Clip(CLIPFamily):
     def __init__(self, backbone: CLIPBackbone, fusion: nn.Module, calm: CALMHead | None, logit_scale_max: float):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, logit_scale_max)
         self.fusion = fusion
         self.calm = calm
-        self.logit_scale_max = logit_scale_max
-
-    # The VideoTextModel contract (models/families.py).
-    @property
-    def image_size(self) -> int:
-        return self.backbone.image_size
-
-    @property
-    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return self.backbone.normalisation
-
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.backbone.tokenize(texts)  # (N, L)
 
     def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
         """{"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> {"video", "text"} (B, D) (+ CALM's)."""
-        h = self._frame_features(batch["frames"])  # (B, T, D)
+        h = self.frame_features(batch["frames"])  # (B, T, D)
         video = self.fusion(h, batch["mask"])  # (B, D)
         text = self.backbone.encode_text(batch["tokens"])  # (B, D)
         out: dict = {"video": video, "text": text}
@@ -51,37 +36,20 @@ class Clip4Clip(nn.Module):
             out.update(self.calm(masked_mean(h, batch["mask"]), text, self.backbone.encode_text, vae_noise))
         return out
 
-    def extra_terms(self, out: dict) -> dict[str, torch.Tensor]:
-        return self.calm.terms(out) if self.calm is not None else {}
-
-    def term_weights(self) -> dict[str, float]:
-        return self.calm.term_weights() if self.calm is not None else {}
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{"clip": CLIP's encoders and logit scale, "new": every module added on top}, for the two learning rates."""
-        clip = list(self.backbone.parameters())
-        ids = {id(p) for p in clip}
-        return {"clip": clip, "new": [p for p in self.parameters() if id(p) not in ids]}
-
     def batch_logits(self, out: dict) -> torch.Tensor:
         """scale · cos(text_i, video_j) over the global batch (every worker's pairs, gathered with gradients)."""
         t = F.normalize(gather_with_grad(out["text"]), dim=-1)  # (N, D)
         v = F.normalize(gather_with_grad(out["video"]), dim=-1)  # (N, D)
-        scale = self.backbone.logit_scale.clamp(max=math.log(self.logit_scale_max)).exp()
-        return scale * t @ v.t()  # (N_text, N_video)
+        return self.scale() * t @ v.t()  # (N_text, N_video)
 
     def text_bank(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.encode_text(tokens).float(), dim=-1)  # (N, D)
 
     def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return F.normalize(self.fusion(self._frame_features(frames), mask).float(), dim=-1)  # (N, D)
+        return F.normalize(self.fusion(self.frame_features(frames), mask).float(), dim=-1)  # (N, D)
 
-    def score(self, text_bank: torch.Tensor, video_bank: torch.Tensor) -> torch.Tensor:
+    def score(self, text_bank: torch.Tensor, video_bank: torch.Tensor, pool_with: None = None) -> torch.Tensor:
         return text_bank @ video_bank.t()  # (N_text, N_video): cosine, both banks are normalised
-
-    def _frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        b, t = frames.shape[:2]
-        return self.backbone.encode_image(frames.flatten(0, 1)).view(b, t, -1)  # (B, T, D)
 
 
 def build_clip4clip(cfg: TrialConfig) -> Clip4Clip:

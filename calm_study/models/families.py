@@ -16,6 +16,10 @@ from torch import nn
 
 from calm_study.config import TrialConfig
 from calm_study.models.clip4clip import build_clip4clip
+from calm_study.models.tmass import build_tmass
+from calm_study.models.xpool import build_xpool
+
+Bank = torch.Tensor | dict[str, torch.Tensor]
 
 
 class VideoTextModel(Protocol):
@@ -40,17 +44,23 @@ class VideoTextModel(Protocol):
     def batch_logits(self, out: dict) -> torch.Tensor:
         """(N_text, N_video) scaled scores of every pair of the global training batch; pair i is (text i, video i)."""
 
-    def text_bank(self, tokens: torch.Tensor) -> torch.Tensor:
-        """What evaluation keeps per text."""
+    def text_bank(self, tokens: torch.Tensor) -> Bank:
+        """What evaluation keeps per text: a tensor, or a dict of tensors, with one row per text."""
 
-    def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """What evaluation keeps per video."""
+    def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> Bank:
+        """What evaluation keeps per video: a tensor, or a dict of tensors, with one row per video."""
 
-    def score(self, text_bank: torch.Tensor, video_bank: torch.Tensor) -> torch.Tensor:
-        """(N_text, N_video) scores; pair (i, j) may use only text i and video j."""
+    def score(self, text_bank: Bank, video_bank: Bank, pool_with: Bank | None = None) -> torch.Tensor:
+        """(N_text, N_video) scores; pair (i, j) may use only text i and video j. `pool_with` (text-conditioned
+        families, the labelled tmass_compat protocol only): one text bank row per video to pool that video with."""
 
 
-FAMILIES: dict[str, Callable[[TrialConfig], VideoTextModel]] = {"clip4clip": build_clip4clip}
+FAMILIES: dict[str, Callable[[TrialConfig], VideoTextModel]] = {
+    "clip4clip": build_clip4clip,
+    "xpool": build_xpool,
+    "tmass": build_tmass,
+}
+TEXT_CONDITIONED = ("xpool", "tmass")  # families whose video feature depends on the query text
 
 
 def list_families() -> list[str]:

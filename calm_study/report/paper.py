@@ -1,9 +1,10 @@
 """The CALM paper's reported numbers, shipped as data (paper_numbers.json), and how a report finds the matching one.
 
-A paper value is printed beside ours only when the study matches the table: the same layout, a row whose settings
-contain the paper row's settings (e.g. anchors_count 0), the same metric, and the same evaluation dataset (the
-paper's numbers are on MSR-VTT etc.; a study on the synthetic domains never matches). Cells without a sourced value
-print "—".
+A paper value is printed beside ours only when the study matches the table: the same layout, the paper's model
+family (every CALM number is on T-MASS, family `tmass`), a row whose settings contain the paper row's settings (e.g.
+anchors_count 0), the same metric, and the same evaluation dataset (the paper's numbers are on MSR-VTT etc.; a study
+on the synthetic domains never matches). Cells without a sourced value print "—". Notes name our scoring protocol
+beside every paper value (the paper's baseline numbers come from T-MASS's code, whose evaluation leaks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DATA_FILE = Path(__file__).with_name("paper_numbers.json")
+PAPER_FAMILY = "tmass"  # CALM is built on T-MASS: its rows compare only with our tmass arms
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ def lookup(table: str, row: Mapping[str, Any], key: str, dataset: str | None) ->
     key: our metric key, "id_<metric>" (in-domain test set) or "ood_<metric>" (out-of-domain); dataset: the
     training (in-domain) dataset of the row.
     """
+    if str(row.get("model_family", "")) != PAPER_FAMILY:
+        return None
     test, _, metric = key.partition("_")
     test = {"id": "in_domain", "ood": "out_of_domain"}.get(test, "")
     for v in paper_data()["values"]:

@@ -8,9 +8,9 @@ Epoch rules (every table caption names the one used):
   report an optimistically biased number.
 - an integer N: epoch N of every trial that has it.
 
-Baseline of an arm: among the arms trained on the same data (`data_train`), the arm with `loss_align == "none"` (no
-anchors: the paper's T-MASS row); if there is none, the first arm in the study file's order. Comparisons are always
-against the baseline of the same training set.
+Baseline of an arm: among the arms of the same model family trained on the same data (`model_family`,
+`data_train`), the arm with `loss_align == "none"`: the same family without CALM (for family tmass, the paper's T-MASS
+row); if there is none, the first arm in the study file's order. Comparisons are always against that baseline.
 """
 
 from __future__ import annotations
@@ -121,6 +121,9 @@ def arm_frame(df: pd.DataFrame) -> pd.DataFrame:
     else:
         arms["order"] = arms.arm_index.astype(int)
     arms = arms.sort_values("order").set_index("arm_id")
+    # Files before schema 3: every model was clip4clip, scored leak-free without DSL.
+    arms["model_family"] = arms.model_family.astype(object).fillna("clip4clip")
+    arms["evaluation_protocol"] = arms.evaluation_protocol.astype(object).fillna("leakfree")
     no_anchors = arms.anchors_count == 0
     arms["anchors_source"] = arms.anchors_source.astype(object).where(~no_anchors, "none")  # unused without anchors
     return arms
@@ -152,7 +155,7 @@ def independent(arms: pd.DataFrame, columns: list[str]) -> list[str]:
 def baselines(arms: pd.DataFrame) -> dict[str, str]:
     """arm_id -> the arm_id of its baseline (see the module docstring)."""
     out = {}
-    for _, group in arms.groupby("data_train", sort=False):
+    for _, group in arms.groupby(["model_family", "data_train"], sort=False):
         none = group[group.loss_align == "none"]
         base = (none if len(none) else group).sort_values("order").index[0]
         out.update(dict.fromkeys(group.index, base))

@@ -31,6 +31,17 @@ from calm_study.report.select import (
 )
 
 STATS = "mean ± sd over seeds; n = seeds; 95% t-interval; Δ = paired-by-seed difference from the baseline row"
+PROTOCOLS = {"leakfree": "leak-free scoring (every text-video pair scored with that text)",
+             "tmass_compat": "tmass_compat scoring (T-MASS's published indexing: each candidate video pooled by its "
+                             "own caption, the evaluation leak)"}
+
+
+def scoring(arms: pd.DataFrame) -> str:
+    """How the table's scores were computed: model families, evaluation protocol and DSL, for every caption."""
+    families = ", ".join(dict.fromkeys(arms.model_family.astype(str)))
+    protocols = "; ".join(PROTOCOLS.get(p, p) for p in dict.fromkeys(arms.evaluation_protocol.astype(str)))
+    dsl = " + T-MASS's DSL post-processing" if arms.evaluation_dsl.fillna(False).astype(bool).any() else ""
+    return f"model family {families}; {protocols}{dsl}"
 
 
 def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selection, list[Table]]:
@@ -77,11 +88,14 @@ def _values(vals: TrialValues, keys: list[str]) -> pd.DataFrame:
     return vals.wide.rename(columns={"arm_id": "unit"})[["unit", "seed"] + keys]
 
 
-def _add_paper(frame: pd.DataFrame, table: str, metrics: list[Metric], vals: TrialValues) -> list[str]:
-    """Paper columns K_paper and K_minus_paper (ours − paper); returns the sources used, for the notes."""
+def _add_paper(frame: pd.DataFrame, table: str, metrics: list[Metric], vals: TrialValues, arms: pd.DataFrame
+               ) -> list[str]:
+    """Paper columns K_paper and K_minus_paper (ours − paper); returns the sources used, for the notes. A row is
+    matched on its arm's whole config (its family included), not only on the table's label columns."""
     sources = []
     for m in (m for m in metrics if m.paper):
-        found = [paper.lookup(table, row, m.key, vals.in_domain_of.get(row.unit, ("", ""))[1])
+        found = [paper.lookup(table, {**(arms.loc[row.unit].to_dict() if row.unit in arms.index else {}), **row},
+                              m.key, vals.in_domain_of.get(row.unit, ("", ""))[1])
                  for _, row in frame.iterrows()]
         frame[f"{m.key}_paper"] = [f.value if f else float("nan") for f in found]
         frame[f"{m.key}_minus_paper"] = frame[f"{m.key}_mean"] - frame[f"{m.key}_paper"]
@@ -108,11 +122,11 @@ def _in_domain_table(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swep
                Metric("id_t2v_R5", "R@5"), Metric("id_t2v_MnR", "MnR")]
     units = _units(arms, labels, x)
     frame = aggregate(_values(vals, [m.key for m in metrics]), units, labels, baselines(arms), metrics)
-    notes = _paper_note(paper_table, _add_paper(frame, paper_table, metrics, vals), vals) if paper_table else []
+    notes = _paper_note(paper_table, _add_paper(frame, paper_table, metrics, vals, arms), vals) if paper_table else []
     sets = ", ".join(vals.in_domain_sets)
     titles = {"table6": "Table 6 layout: anchor count and source", "arms": "Arms"}
     title = titles.get(key, f"Sensitivity: in-domain R@1 against {pretty(x or '')}")
-    caption = f"text→video retrieval on the in-domain test set ({sets}) at the {sel.label}; {STATS}."
+    caption = f"text→video retrieval on the in-domain test set ({sets}) at the {sel.label}; {scoring(arms)}; {STATS}."
     return Table(key, title, caption, labels, metrics, frame, notes, x)
 
 
@@ -123,12 +137,12 @@ def _table7(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[s
                Metric("ood_t2v_R1", "R@1", "out-of-domain", delta=True, paper=True, plot=True),
                Metric("ood_t2v_R5", "R@5", "out-of-domain")]
     frame = aggregate(_values(vals, [m.key for m in metrics]), arms, labels, baselines(arms), metrics)
-    notes = _paper_note("7", _add_paper(frame, "7", metrics, vals), vals)
+    notes = _paper_note("7", _add_paper(frame, "7", metrics, vals, arms), vals)
     ood = ", ".join(vals.ood_sets) or "none"
     if len(vals.ood_sets) > 1:
         notes.append(f"out-of-domain = the mean over {ood} per trial")
     caption = (f"text→video retrieval, in-domain ({', '.join(vals.in_domain_sets)}) and out-of-domain ({ood}) test "
-               f"sets, at the {sel.label}; {STATS}.")
+               f"sets, at the {sel.label}; {scoring(arms)}; {STATS}.")
     return Table("table7", "Table 7 layout: alignment loss", caption, labels, metrics, frame, notes)
 
 
@@ -144,7 +158,7 @@ def _cross_domain(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: 
     notes = [f"in-domain cells are bold; paper values: {paper.paper_data()['tables']['1']['status']} (Tables 1-3)"]
     notes += [f"reference: {r['what']}: {r['dataset']} {r['metric']} {r['value']} ({r['source']})" for r in refs]
     caption = (f"text→video R@1 (%) of a model trained on each training set (rows) on each test set (columns), at "
-               f"the {sel.label}; "
+               f"the {sel.label}; {scoring(arms)}; "
                f"drop = in-domain R@1 − mean out-of-domain R@1 of the same model; {STATS} (same training set).")
     matrix = Table("cross_domain", "Cross-domain: train × test R@1 (Tables 1-3 layout)", caption, labels, metrics,
                    frame, notes)
@@ -160,5 +174,5 @@ def _cross_domain(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: 
     frame = aggregate(values, units, method_cols, base, drop)
     caption = (f"per method, the average drop from in-domain to out-of-domain text→video R@1 (points; lower = better "
                f"generalisation) over the training sets {', '.join(sorted(arms.data_train.unique()))}, at the "
-               f"{sel.label}; {STATS}.")
+               f"{sel.label}; {scoring(arms)}; {STATS}.")
     return [matrix, Table("drops", "Cross-domain: average drop per method", caption, method_cols, drop, frame)]

@@ -5,23 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from calm_study.config import TrialConfig
 from calm_study.data.dataset import EvalVideos, TrainPairs
 from calm_study.data.records import VideoRecord
+from calm_study.models.clip_family import symmetric_cross_entropy
 from calm_study.models.families import VideoTextModel
 from calm_study.names import RETRIEVAL_METRICS
 from calm_study.tasks.base import Terms
 from calm_study.tasks.retrieval.metrics import retrieval_metrics
 from calm_study.tasks.retrieval.scoring import similarity
-
-
-def symmetric_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """InfoNCE both ways over (N, N) logits whose diagonal holds the matching pairs."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 class RetrievalTask:
@@ -46,5 +40,8 @@ class RetrievalTask:
     def evaluate(self, model: VideoTextModel, items: EvalVideos, device: torch.device, batch_size: int
                  ) -> dict[str, float]:
         """t2v/v2t R@1/5/10, MdR, MnR (definitions: calm_study/tasks/retrieval/metrics.py, docs/metrics.md)."""
-        sim = similarity(model, items, device, batch_size)  # (N_text, N_video)
+        e = self.cfg.evaluation
+        sim = similarity(model, items, device, batch_size, e.text_chunk, e.protocol)  # (N_text, N_video)
+        if e.dsl:  # T-MASS's DSL: each score re-weighted by its softmax over all queries (off by default)
+            sim = sim * torch.softmax(100.0 * sim, dim=0)
         return retrieval_metrics(sim, items.text_to_video)

@@ -1,0 +1,127 @@
+"""Family `tmass`: X-Pool pooling plus T-MASS's stochastic text embedding (the paper's baseline, its Table 6 row 1).
+
+    s_ij[f] = cos(t_i, h_jf)                       (T,)   text-frame cosines of the pair
+    R_ij = exp(W s_ij + b)                         (D,)   W: Linear(T -> D), identity-initialised, b = 0
+    t_s = t_i + ε ⊙ R_ij,  ε ~ U[0, 1)^D (prior uniform01) or N(0, std²) (prior normal)
+    training: one ε per text per step, R from the text's own video; logits[i, j] = scale · cos(t_s,i, pool(t_i, v_j))
+    support text (weight model.support_weight): t_sup,i = t_i + (v̄_i − t_i)/‖v̄_i − t_i‖ ⊙ R_i with
+        v̄_j = mean_i pool(t_i, v_j); L_sup = symmetric CE over scale · cos(t_sup,i, pool(t_i, v_j))
+    inference: S[i, j] = max over `model.trials` draws of cos(t_i + ε_k ⊙ R_ij, pool(t_i, v_j)); the draws are seeded
+        per text (model.eval_seed), so a score never depends on chunking or on the other texts.
+
+With a CALM head, S_p comes from the deterministic t (never t_s) and V_p from the frame mean, as in every family.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calm_study.config import TrialConfig
+from calm_study.distributed import gather_with_grad
+from calm_study.models.backbone import CLIPBackbone
+from calm_study.models.calm import build_calm_head
+from calm_study.models.clip_family import symmetric_cross_entropy
+from calm_study.models.xpool import TextConditionedPool, XPool, pooled_cosine
+
+PRIORS = ("uniform01", "normal")  # model.prior
+
+
+class RadiusHead(nn.Module):
+    """log R = W s + b from the T text-frame cosines s; W starts as the identity on the first T dimensions, b = 0."""
+
+    def __init__(self, num_frames: int, width: int):
+        super().__init__()
+        self.linear = nn.Linear(num_frames, width)
+        nn.init.eye_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def paired(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """R of each text with its own video: text (N, D), frames (N, T, D) -> (N, D)."""
+        cos = torch.bmm(F.normalize(frames, dim=-1), F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)  # (N, T)
+        return self.linear(cos).exp()
+
+    def all_pairs(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """R of every (text, video) pair: text (n, D), frames (N_v, T, D) -> (n, N_v, D)."""
+        n_v, n_f, _ = frames.shape
+        cos = F.normalize(text, dim=-1) @ F.normalize(frames, dim=-1).reshape(n_v * n_f, -1).t()  # (n, N_v * T)
+        return self.linear(cos.view(len(text), n_v, n_f)).exp()
+
+
+class TMASS(XPool):
+    def __init__(self, backbone: CLIPBackbone, pool: TextConditionedPool, radius: RadiusHead, cfg: TrialConfig):
+        super().__init__(backbone, pool, None, cfg.loss.logit_scale_max)
+        self.radius = radius
+        m = cfg.model
+        self.prior, self.prior_std, self.trials, self.eval_seed = m.prior, m.prior_std, m.trials, m.eval_seed
+        self.support_weight = m.support_weight
+
+    def noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+        if self.prior == "normal":
+            return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype) * self.prior_std
+        return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
+        """X-Pool's outputs plus "text_noise" (B, D): this step's ε of every caption (drawn here, on the worker that
+        holds the caption, so several workers draw what one worker would; a batch may bring its own)."""
+        out = super().forward(batch, vae_noise)
+        noise = batch.get("text_noise")
+        out["text_noise"] = self.noise(out["text"].shape, out["text"]) if noise is None else noise
+        return out
+
+    def batch_logits(self, out: dict) -> torch.Tensor:
+        """scale · cos(t_s,i, pool(t_i, v_j)) over the global batch; caches what the support term needs in `out`."""
+        text, frames, mask = self.gathered(out)
+        pooled = self.pool(text, frames, mask)  # (N_t, N_v, D)
+        r = self.radius.paired(text, frames)  # (N, D): each text with its own video
+        stochastic = text + gather_with_grad(out["text_noise"]) * r  # one draw per text per step
+        out["_tmass"] = (text, pooled, r)
+        return self.scale() * pooled_cosine(stochastic, pooled)
+
+    def extra_terms(self, out: dict) -> dict[str, torch.Tensor]:
+        terms = super().extra_terms(out)
+        if self.support_weight > 0:
+            if "_tmass" not in out:
+                self.batch_logits(out)
+            text, pooled, r = out["_tmass"]
+            mean_video = pooled.mean(dim=0)  # (N_v, D): v̄_j, the video pooled by every text, averaged
+            direction = F.normalize(mean_video - text, dim=-1)  # pair i: text i and its own video i
+            support = text + direction * r
+            terms["support"] = symmetric_cross_entropy(self.scale() * pooled_cosine(support, pooled))
+        return terms
+
+    def term_weights(self) -> dict[str, float]:
+        return {**super().term_weights(), "support": self.support_weight}
+
+    def text_bank(self, tokens: torch.Tensor) -> dict:
+        """The raw text feature and its `trials` noise draws, seeded by (model.eval_seed, the text's tokens)."""
+        text = self.backbone.encode_text(tokens).float()  # (N, D)
+        draws = []
+        for row in tokens.cpu():
+            g = torch.Generator().manual_seed(self.eval_seed * 1_000_003 + hash(tuple(row.tolist())) % 1_000_003)
+            draws.append(self.noise((self.trials, text.shape[1]), torch.empty(0), g))
+        return {"text": text, "noise": torch.stack(draws).to(text.device)}  # (N, D), (N, trials, D)
+
+    def score(self, text_bank: dict, video_bank: dict, pool_with: dict | None = None) -> torch.Tensor:
+        """(N_text, N_video): the best of `trials` stochastic texts per pair (T-MASS's inference), leak-free."""
+        t = text_bank["text"]  # (n, D)
+        pooled = F.normalize(self.pooled(t, video_bank, pool_with), dim=-1)  # (n, N_v, D)
+        r = self.radius.all_pairs(t, video_bank["frames"])  # (n, N_v, D): R_ij of every pair
+        best = None
+        for k in range(self.trials):
+            stochastic = F.normalize(t[:, None, :] + text_bank["noise"][:, k, None, :] * r, dim=-1)  # (n, N_v, D)
+            sim = (stochastic * pooled).sum(-1)  # (n, N_v)
+            best = sim if best is None else torch.maximum(best, sim)
+        return best
+
+
+def build_tmass(cfg: TrialConfig) -> TMASS:
+    m = cfg.model
+    backbone = CLIPBackbone(m.clip, m.pretrained)
+    pool = TextConditionedPool(backbone.embed_dim, m.pool_heads, m.pool_dropout)
+    radius = RadiusHead(cfg.data.num_frames, backbone.embed_dim)
+    model = TMASS(backbone, pool, radius, cfg)
+    model.calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
+    return model
