@@ -19,6 +19,9 @@ def test_validate_lists_the_trials():
     out = cli("validate", "studies/anchor_ablation.yaml", "--preset", "demo", "--set", "seeds=[0, 1]")
     assert out.returncode == 0, out.stderr
     assert "6 arm(s) x 2 seed(s) = 12 trial(s)" in out.stdout and '"anchors.count": 248' in out.stdout
+    arms = [line for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert len(arms) == 6 and all("retrieval/tmass (" in line for line in arms)  # every trial's task and family
+    assert "no CALM" in arms[0] and "CALM vae, K=157" in arms[3]
 
 
 def test_configuration_errors_exit_2_with_every_problem(tmp_path):

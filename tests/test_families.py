@@ -194,3 +194,21 @@ def test_calm_adds_about_half_a_million_parameters_to_tmass_on_vit_b32():
     pool = sum(p.numel() for p in plain.pool.parameters())
     radius = sum(p.numel() for p in plain.radius.parameters())
     assert (pool, radius) == (1_316_352, 12 * 512 + 512)
+
+
+def test_tmass_inference_equals_the_draw_by_draw_maximum(tiny_doc):
+    """The batched expansion of cos(t + ε_k⊙R_ij, pool(t_i, v_j)) equals T-MASS's loop over draws."""
+    model = family_model(tiny_doc, "tmass", trials=7)
+    with torch.no_grad():
+        model.radius.linear.weight.normal_(0, 0.5)  # a radius that varies per pair and per dimension
+    text_bank, video_bank = banks(model)
+    t, eps = text_bank["text"], text_bank["noise"]
+    with torch.no_grad():
+        pooled = model.pool(t, video_bank["frames"], video_bank["mask"])  # (n, N_v, D)
+        r = model.radius.all_pairs(t, video_bank["frames"])
+        best = torch.full(pooled.shape[:2], -2.0)
+        for i in range(len(t)):
+            for j in range(pooled.shape[1]):
+                for k in range(7):
+                    best[i, j] = max(best[i, j], F.cosine_similarity(t[i] + eps[i, k] * r[i, j], pooled[i, j], dim=0))
+        assert torch.allclose(model.score(text_bank, video_bank), best, atol=1e-5)

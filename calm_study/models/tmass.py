@@ -105,16 +105,18 @@ class TMASS(XPool):
         return {"text": text, "noise": torch.stack(draws).to(text.device)}  # (N, D), (N, trials, D)
 
     def score(self, text_bank: dict, video_bank: dict, pool_with: dict | None = None) -> torch.Tensor:
-        """(N_text, N_video): the best of `trials` stochastic texts per pair (T-MASS's inference), leak-free."""
-        t = text_bank["text"]  # (n, D)
-        pooled = F.normalize(self.pooled(t, video_bank, pool_with), dim=-1)  # (n, N_v, D)
+        """(N_text, N_video): the best of `trials` stochastic texts per pair (T-MASS's inference), leak-free.
+
+        cos(t + ε_k⊙R, p) is expanded so that no (n, N_v, D) tensor is built per draw: with p̂ = p/‖p‖,
+        numerator t·p̂ + Σ_d ε_kd R_d p̂_d, squared norm ‖t‖² + 2 Σ_d t_d ε_kd R_d + Σ_d ε_kd² R_d²; the three sums
+        over d for all draws are batched matrix products (tests compare with the draw-by-draw loop)."""
+        t, eps = text_bank["text"], text_bank["noise"]  # (n, D), (n, trials, D)
+        p = F.normalize(self.pooled(t, video_bank, pool_with), dim=-1)  # (n, N_v, D)
         r = self.radius.all_pairs(t, video_bank["frames"])  # (n, N_v, D): R_ij of every pair
-        best = None
-        for k in range(self.trials):
-            stochastic = F.normalize(t[:, None, :] + text_bank["noise"][:, k, None, :] * r, dim=-1)  # (n, N_v, D)
-            sim = (stochastic * pooled).sum(-1)  # (n, N_v)
-            best = sim if best is None else torch.maximum(best, sim)
-        return best
+        numerator = torch.einsum("id,ijd->ij", t, p)[..., None] + torch.bmm(r * p, eps.transpose(1, 2))  # (n, N_v, K)
+        norm2 = ((t * t).sum(-1)[:, None, None] + 2 * torch.bmm(r, (eps * t[:, None, :]).transpose(1, 2))
+                 + torch.bmm(r * r, (eps * eps).transpose(1, 2)))  # (n, N_v, K)
+        return (numerator / norm2.clamp(min=1e-12).sqrt()).amax(dim=-1)  # (n, N_v)
 
 
 def build_tmass(cfg: TrialConfig) -> TMASS:
