@@ -32,6 +32,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{metric_key(study)} ({study.metric.mode}); {len(trials)} edge configurations of the space checked")
         return 0
     arms = {t.arm_id: t for t in trials}
+    need = study.resources.gpus_per_worker * study.resources.num_workers
+    if need > 0:
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < need:
+            print(f"note: each trial needs {need:g} GPU(s) (resources.gpus_per_worker x num_workers); this machine has "
+                  f"{have}: `run` here would stop at once; run it on a GPU machine or cluster (--address), or use "
+                  "the demo preset")
     print(f"{args.study}: study {study.name!r} is valid: {len(arms)} arm(s) x {len(study.seeds)} seed(s) = "
           f"{len(trials)} trial(s); metric {metric_key(study)} ({study.metric.mode})")
     for arm, t in arms.items():

@@ -49,6 +49,10 @@ def loss_column(term: str) -> str:
     return RENAMED_TERMS.get(key, key)
 
 
+# ---- data ------------------------------------------------------------------------------------------------------
+DATA_ENV = "CALM_STUDY_DATA"  # a folder with one sub-folder per dataset (msrvtt/, didemo/, lsmdc/, msvd/)
+
+
 # ---- trials, runs and storage -----------------------------------------------------------------------------------
 RUN_PREFIX = "train-"
 TUNE_FOLDER = "tune"  # <storage>/<study>/tune/: Ray Tune's experiment

@@ -117,9 +117,8 @@ def _check_data(d: DataConfig) -> list[str]:
         errs += _choice(f"{where}.split", ref.split, list(splits[ref.dataset]))
         if ref.dataset == "synthetic":
             errs += _choice(f"{where}.domain", ref.domain, DOMAINS)
-        elif not d.roots.get(ref.dataset):
-            errs.append(f"data.roots.{ref.dataset}: not set, but {where} reads {ref.dataset}; give the dataset's root "
-                        f"folder, e.g. --set data.roots.{ref.dataset}=/data/{ref.dataset}")
+        # Where a dataset lives is not part of a valid config: `run` checks it before Ray starts (data/sources.py
+        # preflight, the same message as `data check`), so a study validates on any machine.
     for key in list(d.roots) + list(d.video_dirs):
         if key not in splits:
             errs.append(f"data.roots/video_dirs: {key!r} is not a dataset{did_you_mean(key, splits)}; "
@@ -128,15 +127,22 @@ def _check_data(d: DataConfig) -> list[str]:
 
 
 def absolute_paths(cfg: TrialConfig) -> TrialConfig:
-    """The config with its data paths made absolute against this process's working directory, for workers that run
-    elsewhere (Ray workers do not share the driver's working directory)."""
+    """The config with its data paths made absolute against this process's working directory, and every dataset it
+    reads given its root (from $CALM_STUDY_DATA where data.roots does not say), for workers that run elsewhere (Ray
+    workers share neither the driver's working directory nor its environment)."""
+
+    from calm_study.data.sources import dataset_root
 
     def absolute(p: str) -> str:
         return str(Path(p).expanduser().resolve()) if p else p
 
     d = cfg.data
+    roots = dict(d.roots)
+    for ref in (d.train, *d.eval):
+        if ref.dataset != "synthetic" and not roots.get(ref.dataset) and dataset_root(d, ref.dataset):
+            roots[ref.dataset] = dataset_root(d, ref.dataset)
     data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
-                   roots={k: absolute(v) for k, v in d.roots.items()})
+                   roots={k: absolute(v) for k, v in roots.items()})
     return replace(cfg, data=data)
 
 

@@ -42,10 +42,71 @@ def test_loss_ablation_has_table_7_rows():
     assert sorted(t.config.loss.align for t in trials) == sorted(["none", "kl", "ce", "mse", "vae"])
 
 
-def test_paper_settings_outside_the_demo_preset():
-    for name in ("anchor_ablation", "loss_ablation"):
-        base = load_study(STUDIES[0].parent / f"{name}.yaml").base
-        assert (base.model.clip, base.model.pretrained, base.data.num_frames) == ("ViT-B-32-quickgelu", "openai", 12)
-        assert (base.train.batch_size, base.train.epochs, base.vae.latent_dim, base.loss.alpha) == (128, 5, 256, 0.1)
-        demo = load_study(STUDIES[0].parent / f"{name}.yaml", "demo").base
-        assert (demo.model.clip, demo.model.pretrained) == ("calm-tiny", None)
+PAPER_STUDIES = {  # study -> (training datasets, evaluation datasets) of the paper's experiment it reproduces
+    "anchor_ablation": ({"msrvtt"}, ["msrvtt"]),                    # Table 6
+    "loss_ablation": ({"msrvtt"}, ["msrvtt", "didemo"]),            # Table 7: DiDeMo out-of-domain
+    "cross_domain": ({"msrvtt", "didemo", "lsmdc"}, ["msrvtt", "didemo", "lsmdc"]),  # Tables 1-3
+    "sensitivity": ({"msrvtt"}, ["msrvtt", "didemo", "lsmdc"]),
+    "hpo_calm": ({"msrvtt"}, ["msrvtt"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_STUDIES))
+def test_shipped_studies_without_a_preset_are_the_papers_experiments(name):
+    trials = expand(load_study(STUDIES[0].parent / f"{name}.yaml"))
+    trains, evals = PAPER_STUDIES[name]
+    assert {t.config.data.train.dataset for t in trials} == trains
+    for t in trials:
+        c = t.config
+        assert (c.task, c.model.family, c.model.clip, c.model.pretrained) == ("retrieval", "tmass",
+                                                                               "ViT-B-32-quickgelu", "openai")
+        assert (c.data.num_frames, c.train.batch_size, c.train.epochs) == (12, 128, 5)
+        assert c.optim.lr_new == 1e-5 or "optim.lr_new" in t.swept  # hpo_calm searches it
+        assert [e.dataset for e in c.data.eval] == evals and c.data.train.split == "train"
+        assert all(e.split == "test" for e in c.data.eval) and c.evaluation.protocol == "leakfree"
+        paper = {"anchors.count": (c.anchors.count, 157), "vae.latent_dim": (c.vae.latent_dim, 256),
+                 "loss.alpha": (c.loss.alpha, 0.1), "vae.dropout": (c.vae.dropout, 0.1)}
+        for key, (ours, want) in paper.items():  # CALM's paper settings, wherever the study does not vary them
+            assert c.loss.align == "none" or key in t.swept or ours == want, (name, t.swept, key)
+    demo = expand(load_study(STUDIES[0].parent / f"{name}.yaml", "demo"))
+    assert all(t.config.model.clip == "calm-tiny" and t.config.data.train.dataset == "synthetic" for t in demo)
+
+
+def test_sensitivity_varies_one_axis_at_a_time_around_the_papers_setting():
+    trials = expand(load_study(STUDIES[0].parent / "sensitivity.yaml"))
+    axes = {}
+    for t in trials:
+        assert len(t.swept) <= 1
+        for key, value in t.swept.items():
+            axes.setdefault(key, set()).add(value)
+    assert axes["loss.alpha"] >= {0.01, 0.03, 0.3, 1.0} and axes["vae.latent_dim"] >= {64, 128, 512}
+    assert {"anchors.tau", "anchors.count"} <= set(axes)
+
+
+def run_cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "calm_study", *map(str, args)], cwd=STUDIES[0].parents[1],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_a_gpu_study_on_a_cpu_only_machine_fails_at_once(tmp_path):
+    out = run_cli("run", "studies/anchor_ablation.yaml", "--set", f"storage={tmp_path / 'runs'}",
+                  "--set", f"results_dir={tmp_path / 'results'}")
+    assert out.returncode == 2 and "needs 1 GPU(s) per trial" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before anything was written
+    note = run_cli("validate", "studies/anchor_ablation.yaml")
+    assert note.returncode == 0 and "this machine has 0" in note.stdout
+
+
+def test_missing_data_roots_stop_run_before_ray_with_the_data_check_message(tmp_path):
+    env = {"CALM_STUDY_DATA": str(tmp_path / "data")}
+    out = run_cli("run", "studies/loss_ablation.yaml", "--set", "resources.gpus_per_worker=0",
+                  "--set", f"storage={tmp_path / 'runs'}", "--set", f"results_dir={tmp_path / 'results'}", env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"$CALM_STUDY_DATA/msrvtt: the folder {str(tmp_path / 'data' / 'msrvtt')!r} does not exist" in out.stderr
+    assert "didemo" in out.stderr and "data check" in out.stderr and "Ray" not in out.stdout
+    check = run_cli("data", "check", "studies/loss_ablation.yaml", env=env)
+    assert check.returncode != 0 and "msrvtt" in check.stdout + check.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +14,17 @@ from calm_study.data.readers import read_dataset
 from calm_study.data.records import VideoRecord
 from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
 from calm_study.models.backbone import image_size
+from calm_study.names import DATA_ENV
 
 DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
+
+
+def dataset_root(cfg: DataConfig, dataset: str) -> str | None:
+    """A dataset's root folder: data.roots.<dataset>, else $CALM_STUDY_DATA/<dataset>, else None."""
+    if cfg.roots.get(dataset):
+        return cfg.roots[dataset]
+    base = os.environ.get(DATA_ENV)
+    return str(Path(base) / dataset) if base else None
 
 
 def synthetic_dir(cfg: DataConfig) -> Path:
@@ -30,13 +40,14 @@ def load_records(ref: DatasetRef, cfg: DataConfig) -> list[VideoRecord]:
     if ref.dataset == "synthetic":
         records = load_synthetic_split(synthetic_dir(cfg), ref.domain, ref.split)
     else:
-        root = cfg.roots.get(ref.dataset)
+        root = dataset_root(cfg, ref.dataset)
         if not root:
-            raise ValueError(f"data.roots.{ref.dataset} is not set; it is needed for {ref.label!r}")
+            raise ValueError(f"data.roots.{ref.dataset} is not set (nor {DATA_ENV}); it is needed for {ref.label!r}")
         if not Path(root).expanduser().is_dir():
-            raise FileNotFoundError(f"data.roots.{ref.dataset}: the folder {root!r} does not exist (needed for "
-                                    f"{ref.label!r}); set it to the dataset's root, e.g. --set data.roots."
-                                    f"{ref.dataset}=/data/{ref.dataset}")
+            where = "data.roots." + ref.dataset if cfg.roots.get(ref.dataset) else f"${DATA_ENV}/{ref.dataset}"
+            raise FileNotFoundError(f"{where}: the folder {root!r} does not exist (needed for {ref.label!r}); "
+                                    f"set {DATA_ENV} to the folder holding one sub-folder per dataset, or "
+                                    f"--set data.roots.{ref.dataset}=/data/{ref.dataset}")
         records = read_dataset(ref.dataset, Path(root).expanduser(), ref.split, cfg.video_dirs.get(ref.dataset))
     if not records:
         raise ValueError(f"dataset {ref.label!r} ({ref.dataset}, split {ref.split}) has no videos")
@@ -81,4 +92,6 @@ def preflight(configs: list[TrialConfig], source: str) -> None:
         except (OSError, ValueError) as e:
             problems.append(f"{ref.label}: {e}")
     if problems:
-        raise ConfigError(source, problems)
+        hint = (f"nothing was started; `python -m calm_study data check` with the same arguments lists what is "
+                f"missing (datasets live in ${DATA_ENV}/<dataset> or data.roots.<dataset>)")
+        raise ConfigError(source, problems + [hint])

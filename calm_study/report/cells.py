@@ -17,6 +17,7 @@ from calm_study.report.select import TRIAL, VAL_SPLITS, Selection
 from calm_study.report.stats import paired, summarize
 
 METRICS = ["t2v_R1", "t2v_R5", "t2v_MnR"]
+CELL_METRICS = ("R1", "R5", "R10", "MnR")  # per test set, in the cross-domain matrix (the paper's Tables 1-3)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class TrialValues:
     ood_sets: list[str]
     test_sets: list[str]
     in_domain_of: dict[str, tuple[str, str]]  # arm_id -> (eval_set, eval_dataset) of its in-domain test set
+    dataset_of: dict[str, str]  # eval_set -> its dataset (msrvtt, didemo, ...)
 
 
 def trial_values(sel: Selection) -> TrialValues:
@@ -74,15 +76,18 @@ def trial_values(sel: Selection) -> TrialValues:
     wide = sel.rows.drop_duplicates(TRIAL)[TRIAL].set_index(TRIAL)
     wide = wide.join(ind.set_index(TRIAL)[METRICS].add_prefix("id_"))
     wide = wide.join(ood.groupby(TRIAL)[METRICS].mean().add_prefix("ood_"))  # several out-of-domain sets: their mean
-    r1 = test.pivot_table(index=TRIAL, columns="eval_set", values="t2v_R1", aggfunc="first")
-    wide = wide.join(r1.add_prefix("R1@"))
+    for short in CELL_METRICS:  # R1@<set>, R5@<set>, ...: every test set's cell of the cross-domain matrix
+        cells = test.pivot_table(index=TRIAL, columns="eval_set", values=f"t2v_{short}", aggfunc="first",
+                                 dropna=False).reindex(columns=test_sets)
+        wide = wide.join(cells.add_prefix(f"{short}@"))
     ood_sets_of = ood.groupby(TRIAL).eval_set.agg(list)
     wide["drop"] = [domain_drop(row.id_t2v_R1, [row[f"R1@{e}"] for e in ood_sets_of.get(trial, [])])
                     for trial, row in wide.iterrows()]
     in_domain_of = {a: (e, d) for a, e, d in ind[["arm_id", "eval_set", "eval_dataset"]].drop_duplicates("arm_id")
                     .itertuples(index=False)}
+    dataset_of = dict(test[["eval_set", "eval_dataset"]].drop_duplicates("eval_set").itertuples(index=False))
     return TrialValues(wide.reset_index(), sorted(ind.eval_set.unique()), sorted(ood.eval_set.unique()), test_sets,
-                       in_domain_of)
+                       in_domain_of, dataset_of)
 
 
 def label_text(row: pd.Series, labels: list[str]) -> str:

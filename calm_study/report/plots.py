@@ -90,4 +90,27 @@ def lines(table: Table, path: Path) -> Path:
 def plot(table: Table, path: Path) -> Path | None:
     if table.frame.empty or not any(m.plot for m in table.metrics):
         return None
+    if table.x and sum(m.plot for m in table.metrics) > 1:
+        return panels(table, path)
     return lines(table, path) if table.x else bars(table, path)
+
+
+def panels(table: Table, path: Path) -> Path:
+    """One panel per plotted metric (in-domain R@1, the out-of-domain drop) against one swept key, with intervals."""
+    frame, x = table.frame, table.x
+    shown = [m for m in table.metrics if m.plot]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4))
+    for ax, m in zip(np.atleast_1d(axes), shown):
+        ax.errorbar(frame[x].to_numpy(float), frame[f"{m.key}_mean"].to_numpy(float), yerr=_errors(frame, m.key),
+                    marker="o", capsize=3)
+        ax.set_xlabel(AXIS_UNITS.get(x, pretty(x)))
+        ax.set_ylabel(m.name)
+        ax.grid(axis="y", alpha=0.3)
+        if frame[x].astype(float).min() > 0 and frame[x].astype(float).max() / frame[x].astype(float).min() >= 20:
+            ax.set_xscale("log")  # α from 0.01 to 1
+    fig.suptitle(table.title, fontsize=10)
+    fig.text(0.01, 0.01, FOOTNOTE, fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

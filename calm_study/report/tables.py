@@ -16,8 +16,8 @@ from __future__ import annotations
 import pandas as pd
 
 from calm_study.report import paper
-from calm_study.report.cells import Metric, Table, TrialValues, aggregate, label_text, trial_values
-from calm_study.report.render import pretty
+from calm_study.report.cells import CELL_METRICS, Metric, Table, TrialValues, aggregate, label_text, trial_values
+from calm_study.report.render import label_value, pretty
 from calm_study.report.select import (
     ReportError,
     Selection,
@@ -65,10 +65,15 @@ def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selectio
         tables.append(_table7(sel, vals, arms, swept))
     if arms.data_train.nunique() >= 2:
         tables += _cross_domain(sel, vals, arms, swept)
-    for col in swept:
-        numbers = swept_values(df, col)
-        if (numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
-                and treated[col].nunique() >= 2):
+    numeric = [col for col in swept if treated[col].nunique() >= 2 and (numbers := swept_values(df, col))
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)]
+    center = {c: treated[c].mode().iloc[0] for c in numeric}  # the setting every axis is varied around
+    one_at_a_time = len(numeric) >= 2 and all(sum(r[c] != center[c] for c in numeric) <= 1
+                                              for _, r in treated.iterrows())
+    for col in numeric:
+        if one_at_a_time:
+            tables.append(_axis_table(sel, vals, treated, col, center))
+        else:
             tables.append(_in_domain_table(sel, vals, arms, swept, f"sensitivity_{col}", [col], x=col))
     if not tables:
         tables.append(_in_domain_table(sel, vals, arms, swept, "arms", []))
@@ -90,25 +95,40 @@ def _values(vals: TrialValues, keys: list[str]) -> pd.DataFrame:
 
 def _add_paper(frame: pd.DataFrame, table: str, metrics: list[Metric], vals: TrialValues, arms: pd.DataFrame
                ) -> list[str]:
-    """Paper columns K_paper and K_minus_paper (ours − paper); returns the sources used, for the notes. A row is
-    matched on its arm's whole config (its family included), not only on the table's label columns."""
+    """Paper columns K_paper and K_minus_paper (ours − paper); returns the sources used, for the notes.
+
+    A row (an arm) is matched on its whole config (family, anchors, loss), its training dataset and the cell's test
+    dataset: `id_<m>` the in-domain one, `ood_<m>` the single out-of-domain one, `<m>@<set>` that set's."""
     sources = []
+    ood = {vals.dataset_of[s] for s in vals.ood_sets}
     for m in (m for m in metrics if m.paper):
-        found = [paper.lookup(table, {**(arms.loc[row.unit].to_dict() if row.unit in arms.index else {}), **row},
-                              m.key, vals.in_domain_of.get(row.unit, ("", ""))[1])
-                 for _, row in frame.iterrows()]
+        found = []
+        for _, row in frame.iterrows():
+            arm = arms.loc[row.unit] if row.unit in arms.index else None
+            train = str(arm.train_dataset) if arm is not None else ""
+            if "@" in m.key:  # a cross-domain cell: <metric>@<test set>
+                short, _, test_set = m.key.partition("@")
+                test, metric = vals.dataset_of.get(test_set), f"t2v_{short}"
+            else:  # id_<metric> (in-domain) or ood_<metric> (the single out-of-domain dataset)
+                where, _, metric = m.key.partition("_")
+                test = train if where == "id" else (next(iter(ood)) if len(ood) == 1 else None)
+            number = paper.CROSS_DOMAIN_TABLE.get(train, "") if table == "cross_domain" else table
+            found.append(paper.lookup(number, arm, metric, train, test) if arm is not None else None)
         frame[f"{m.key}_paper"] = [f.value if f else float("nan") for f in found]
         frame[f"{m.key}_minus_paper"] = frame[f"{m.key}_mean"] - frame[f"{m.key}_paper"]
-        sources += [f"paper {m.name} ({m.group or 'in-domain'}): {f.source}" for f in found if f]
+        sources += [f.source for f in found if f]
     return list(dict.fromkeys(sources))
 
 
-def _paper_note(table: str, sources: list[str], vals: TrialValues) -> list[str]:
+def _paper_note(sources: list[str], arms: pd.DataFrame, vals: TrialValues) -> list[str]:
     if sources:
-        return sources
+        return [f"paper values beside ours: {len(sources)} cells from {paper.TABLES_FILE} (e.g. {sources[0]}); "
+                f"ours: {scoring(arms)}"]
     datasets = sorted({d for _, d in vals.in_domain_of.values()})
-    return [f"paper values: none match (CALM Table {table}: {paper.paper_data()['tables'][table]['status']}; this "
-            f"study's in-domain test data: {', '.join(datasets)}), so the paper columns show —"]
+    families = ", ".join(dict.fromkeys(arms.model_family.astype(str)))
+    return [f"paper values: none match (they are for family {paper.PAPER_FAMILY} trained on MSR-VTT, DiDeMo or "
+            f"LSMDC; this study: family {families}, in-domain test data {', '.join(datasets)}), so the paper "
+            "columns show —"]
 
 
 def _in_domain_table(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[str], key: str,
@@ -119,10 +139,14 @@ def _in_domain_table(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swep
         labels = [x] + independent(arms, [c for c in swept if c != x])
     paper_table = "6" if key == "table6" else ""
     metrics = [Metric("id_t2v_R1", "R@1", delta=True, paper=bool(paper_table), plot=True),
-               Metric("id_t2v_R5", "R@5"), Metric("id_t2v_MnR", "MnR")]
+               Metric("id_t2v_R5", "R@5", paper=bool(paper_table)),
+               Metric("id_t2v_MnR", "MnR", paper=bool(paper_table))]
     units = _units(arms, labels, x)
     frame = aggregate(_values(vals, [m.key for m in metrics]), units, labels, baselines(arms), metrics)
-    notes = _paper_note(paper_table, _add_paper(frame, paper_table, metrics, vals, arms), vals) if paper_table else []
+    notes = _paper_note(_add_paper(frame, paper_table, metrics, vals, arms), arms, vals) if paper_table else []
+    if paper_table and (arms.anchors_source.astype(str) == "charades+coco").any():
+        notes.append("Charades + COCO: the paper says 258 anchors; the Charades (157) and COCO (91) label lists give "
+                     "248, which calm_study uses; its row is compared with the paper's 258-anchor row")
     sets = ", ".join(vals.in_domain_sets)
     titles = {"table6": "Table 6 layout: anchor count and source", "arms": "Arms"}
     title = titles.get(key, f"Sensitivity: in-domain R@1 against {pretty(x or '')}")
@@ -130,14 +154,34 @@ def _in_domain_table(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swep
     return Table(key, title, caption, labels, metrics, frame, notes, x)
 
 
+def _axis_table(sel: Selection, vals: TrialValues, treated: pd.DataFrame, col: str, center: dict) -> Table:
+    """One axis of a one-at-a-time sensitivity study: the arms that differ from the center only in `col`, with
+    in-domain R@1 and (when the study has out-of-domain sets) the drop; Δ against the center arm."""
+    others = [c for c in center if c != col]
+    units = treated[(treated[others] == pd.Series({c: center[c] for c in others})).all(axis=1)] if others else treated
+    units = units.sort_values(col)
+    base_arm = units.index[(units[col] == center[col]).to_numpy()][0]
+    metrics = [Metric("id_t2v_R1", "in-domain R@1", delta=True, plot=True)]
+    if vals.ood_sets:
+        metrics.append(Metric("drop", "drop (in-domain − out-of-domain R@1)", delta=True, plot=True))
+    frame = aggregate(_values(vals, [m.key for m in metrics]), units, [col], dict.fromkeys(units.index, base_arm),
+                      metrics)
+    fixed = ", ".join(f"{pretty(c)} {label_value(center[c])}" for c in others)
+    caption = (f"in-domain text→video R@1 on {', '.join(vals.in_domain_sets)} and the drop to "
+               f"{', '.join(vals.ood_sets) or 'no out-of-domain set'} against {pretty(col)}, the other settings at "
+               f"{fixed}; Δ against {pretty(col)} {label_value(center[col])}; at the {sel.label}; {scoring(treated)}; "
+               f"{STATS}.")
+    return Table(f"sensitivity_{col}", f"Sensitivity: {pretty(col)}", caption, [col], metrics, frame, [], col)
+
+
 def _table7(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[str]) -> Table:
     labels = label_columns(arms, ["loss_align"], swept)
     metrics = [Metric("id_t2v_R1", "R@1", "in-domain", delta=True, paper=True, plot=True),
-               Metric("id_t2v_R5", "R@5", "in-domain"),
+               Metric("id_t2v_R5", "R@5", "in-domain", paper=True),
                Metric("ood_t2v_R1", "R@1", "out-of-domain", delta=True, paper=True, plot=True),
-               Metric("ood_t2v_R5", "R@5", "out-of-domain")]
+               Metric("ood_t2v_R5", "R@5", "out-of-domain", paper=True)]
     frame = aggregate(_values(vals, [m.key for m in metrics]), arms, labels, baselines(arms), metrics)
-    notes = _paper_note("7", _add_paper(frame, "7", metrics, vals, arms), vals)
+    notes = _paper_note(_add_paper(frame, "7", metrics, vals, arms), arms, vals)
     ood = ", ".join(vals.ood_sets) or "none"
     if len(vals.ood_sets) > 1:
         notes.append(f"out-of-domain = the mean over {ood} per trial")
@@ -149,18 +193,21 @@ def _table7(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[s
 def _cross_domain(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: list[str]) -> list[Table]:
     method_cols = independent(arms, [c for c in swept if c != "data_train"])
     labels = method_cols + ["data_train"]
-    metrics = [Metric(f"R1@{s}", s, plot=True) for s in vals.test_sets]
+    names = {"R1": "R@1", "R5": "R@5", "R10": "R@10", "MnR": "MnR"}
+    metrics = [Metric(f"{short}@{s}", names[short], s, plot=short == "R1", paper=True)
+               for s in vals.test_sets for short in CELL_METRICS]
     metrics.append(Metric("drop", "drop", delta=True))
     frame = aggregate(_values(vals, [m.key for m in metrics]), arms, labels, baselines(arms), metrics)
     for s in vals.test_sets:  # which cells are in-domain, for bold type
-        frame[f"R1@{s}_in_domain"] = [vals.in_domain_of.get(a, ("", ""))[0] == s for a in frame.unit]
-    refs = paper.references({d for _, d in vals.in_domain_of.values()})
-    notes = [f"in-domain cells are bold; paper values: {paper.paper_data()['tables']['1']['status']} (Tables 1-3)"]
-    notes += [f"reference: {r['what']}: {r['dataset']} {r['metric']} {r['value']} ({r['source']})" for r in refs]
-    caption = (f"text→video R@1 (%) of a model trained on each training set (rows) on each test set (columns), at "
-               f"the {sel.label}; {scoring(arms)}; "
+        for short in CELL_METRICS:
+            frame[f"{short}@{s}_in_domain"] = [vals.in_domain_of.get(a, ("", ""))[0] == s for a in frame.unit]
+    notes = ["in-domain cells are bold"] + _paper_note(_add_paper(frame, "cross_domain", metrics, vals, arms), arms,
+                                                       vals)
+    notes += paper.references(set(arms.train_dataset.astype(str)))
+    caption = (f"text→video R@1, R@5, R@10 (%) and MnR of a model trained on each training set (rows) on each test "
+               f"set (column groups), at the {sel.label}; {scoring(arms)}; "
                f"drop = in-domain R@1 − mean out-of-domain R@1 of the same model; {STATS} (same training set).")
-    matrix = Table("cross_domain", "Cross-domain: train × test R@1 (Tables 1-3 layout)", caption, labels, metrics,
+    matrix = Table("cross_domain", "Cross-domain: train × test (Tables 1-3 layout)", caption, labels, metrics,
                    frame, notes)
     # Drop per method: per seed, the mean over training sets of each trained model's drop.
     method = arms[method_cols].apply(lambda r: label_text(r, method_cols), axis=1) if method_cols else \
@@ -172,6 +219,12 @@ def _cross_domain(sel: Selection, vals: TrialValues, arms: pd.DataFrame, swept: 
     base = {u: method[base_arm[a]] for a, u in method.items()}
     drop = [Metric("drop", "average drop", delta=True, plot=True)]
     frame = aggregate(values, units, method_cols, base, drop)
+    trains = sorted(set(arms.train_dataset.astype(str)))
+    paper_methods = [paper.method_of("1", units.loc[u]) for u in frame.unit]
+    frame["drop_paper"] = [paper.drop_of(m, trains) if m else None for m in paper_methods]
+    frame["drop_paper"] = frame.drop_paper.astype(float)
+    frame["drop_minus_paper"] = frame.drop_mean - frame.drop_paper
+    drop[0] = Metric("drop", "average drop", delta=True, plot=True, paper=frame.drop_paper.notna().any())
     caption = (f"per method, the average drop from in-domain to out-of-domain text→video R@1 (points; lower = better "
                f"generalisation) over the training sets {', '.join(sorted(arms.data_train.unique()))}, at the "
                f"{sel.label}; {scoring(arms)}; {STATS}.")

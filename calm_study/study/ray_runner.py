@@ -31,6 +31,7 @@ from calm_study.study.search import parse_space
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
 from calm_study.study.state import (
     StudyFiles,
+    StudyStateError,
     StudyStatus,
     adopt_recorded_keys,
     archive,
@@ -181,6 +182,22 @@ def tune_config(study: Study) -> ray.tune.TuneConfig:
         trial_dirname_creator=lambda t: t.config["trial"]["key"] if "trial" in t.config else t.trial_id)
 
 
+def gpus_per_trial(study: Study) -> int:
+    r = study.resources
+    return math.ceil(r.gpus_per_worker * r.num_workers) if r.gpus_per_worker > 0 else 0
+
+
+def check_gpus(study: Study, available: float, where: str) -> None:
+    """Refuse at once a study whose trials need more GPUs than `where` has (Ray would wait for them forever)."""
+    need = gpus_per_trial(study)
+    if need > available:
+        raise StudyStateError(
+            f"study {study.name!r} needs {need} GPU(s) per trial (resources.gpus_per_worker "
+            f"{study.resources.gpus_per_worker} x num_workers {study.resources.num_workers}), but {where} has "
+            f"{available:g}. Run it on a GPU machine, or on a cluster with --address; on a CPU, use the study's demo "
+            "preset (--preset demo) or --set resources.gpus_per_worker=0 (slow: the paper's setup needs GPUs)")
+
+
 def run_study(study: Study, address: str | None = None, fresh: bool = False) -> tuple[Path, StudyStatus]:
     """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
@@ -190,6 +207,10 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     files = StudyFiles(study)
     if fresh and (target := archive(study)):
         say(f"archived the earlier run of {study.name} to {target}")
+    if not address:
+        import torch
+
+        check_gpus(study, torch.cuda.device_count(), "this machine")
     check_writable(files.storage, files.root, "storage")
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
     trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
@@ -198,6 +219,11 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     if not ray.is_initialized():
         if address:  # a running cluster: its dashboard and State API are the cluster's own (start it with them on)
             ray.init(address=address, log_to_driver=True)
+            try:
+                check_gpus(study, ray.cluster_resources().get("GPU", 0), f"the Ray cluster at {address}")
+            except StudyStateError:
+                ray.shutdown()
+                raise
         else:
             # The dashboard keeps the State API up, which Train V2 needs to free the placement groups of stopped
             # trials (docs/ray.md); it also serves the jobs API, so it stays bound to localhost.
