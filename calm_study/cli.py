@@ -10,6 +10,7 @@ from pathlib import Path
 
 from calm_study.configio import ConfigError, load_yaml
 from calm_study.report import ReportError
+from calm_study.study.results import ResultsError
 from calm_study.study.state import StudyStateError
 
 
@@ -21,9 +22,11 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from calm_study.study.spec import expand, load_study, metric_key
+    from calm_study.study.spec import expand, load_study, load_study_and_presets, metric_key
 
-    study = load_study(args.study, args.preset, args.sets)
+    # Without --preset, every preset the file defines is checked too (a broken demo preset is a broken file).
+    study = load_study(args.study, args.preset, args.sets) if args.preset else \
+        load_study_and_presets(args.study, args.sets)
     trials = expand(study)
     if study.search.method == "optuna":
         q = study.search
@@ -87,12 +90,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Tables (Markdown, CSV, LaTeX) and plots of a study's results, with seed statistics."""
     from calm_study.report import write_report
 
-    name, results_dir = args.study, args.results_dir
+    name, results_dir = args.study, args.results_dir or "results"
     if Path(args.study).suffix in (".yaml", ".yml"):
         from calm_study.study.spec import load_study
 
         study = load_study(args.study, args.preset, args.sets)
-        name, results_dir = study.name, study.results_dir
+        name = study.name
+        results_dir = args.results_dir or study.results_dir
     epoch = int(args.epoch) if args.epoch.isdigit() else args.epoch
     path, text = write_report(name, results_dir=results_dir, epoch=epoch)
     print(text)
@@ -171,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(p)
     p.add_argument("--epoch", default="final",
                    help="final (default: each trial's last epoch), best (chosen on a validation split), or a number")
-    p.add_argument("--results-dir", default="results", help="where the Parquet is (a study name as STUDY)")
+    p.add_argument("--results-dir", default=None,
+                   help="where the Parquet is (default: the study file's results_dir, or results)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("status", help="trials done, running, pending and failed, and the best result so far")
     _study_args(p)
@@ -215,6 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StudyStateError, ReportError, FileNotFoundError) as e:
+    except (ConfigError, StudyStateError, ReportError, ResultsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -102,6 +102,8 @@ class DataConfig:
     video_dirs: dict[str, str] = field(default_factory=dict)  # dataset -> video folder (relative to root); "videos"
     decoder: str = "decord"  # video decoder: decord | pyav (a fallback for files decord cannot read)
     on_error: str = "error"  # missing/unreadable videos: error (stop, naming the files) | skip (drop, log, count)
+    # skip: the largest fraction of a split's videos that may be unreadable; beyond it the run stops before training
+    max_skipped_fraction: float = 0.01
     frame_cache: str = ""  # folder of decoded uint8 frames, shared by every trial and epoch ("" = decode each time)
     loader_workers: int = 0  # DataLoader worker processes per training worker
     synthetic: SyntheticConfig = SyntheticConfig()

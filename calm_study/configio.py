@@ -72,6 +72,9 @@ def load_yaml(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read the file: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"not a text file (byte {e.start} is not UTF-8): a study or trial file is YAML "
+                                      "text"]) from None
     return parse_yaml(text, str(path))
 
 
@@ -137,7 +140,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     if ok is None:
         raise TypeError(f"unsupported config type {tp} at {path}")
     if not ok:
-        hint = " (quote it, or write a number like 1.0e-5)" if tp is float and isinstance(value, str) else ""
+        hint = " (write a number like 1.0e-5, without quotes)" if tp is float and isinstance(value, str) else ""
         errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}{hint}")
         return None
     return float(value) if tp is float else value

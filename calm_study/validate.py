@@ -48,6 +48,8 @@ def check_trial(cfg: TrialConfig) -> list[str]:
                              ("evaluation.text_chunk", ev.text_chunk, 1)):
         if value < low:
             errs.append(f"{name}: {value} must be >= {low}")
+    if not 0 <= cfg.data.max_skipped_fraction <= 1:
+        errs.append(f"data.max_skipped_fraction: {cfg.data.max_skipped_fraction} must be in [0, 1]")
     if m.prior_std <= 0:
         errs.append(f"model.prior_std: {m.prior_std} must be > 0")
     if m.support_weight < 0:
@@ -73,8 +75,11 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     for name in ("align_weight", "alpha", "task_weight"):
         if getattr(cfg.loss, name) < 0:
             errs.append(f"loss.{name}: {getattr(cfg.loss, name)} must be >= 0")
-    if cfg.vae.latent_dim < 1 or any(w < 1 for w in cfg.vae.encoder_hidden + cfg.vae.decoder_hidden):
-        errs.append("vae: latent_dim and hidden widths must be >= 1")
+    if cfg.vae.latent_dim < 1:
+        errs.append(f"vae.latent_dim: {cfg.vae.latent_dim} must be >= 1")
+    for name in ("encoder_hidden", "decoder_hidden"):
+        if any(w < 1 for w in getattr(cfg.vae, name)):
+            errs.append(f"vae.{name}: {list(getattr(cfg.vae, name))}: every width must be >= 1")
     for name, v in (("vae.dropout", cfg.vae.dropout), ("model.temporal_dropout", cfg.model.temporal_dropout),
                     ("model.pool_dropout", cfg.model.pool_dropout)):
         if not 0 <= v < 1:
@@ -86,17 +91,44 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     labels = [e.label for e in cfg.data.eval]
     if len(set(labels)) != len(labels):
         errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
-    errs += _check_data(cfg.data)
+    errs += _check_data(cfg.data) + _check_backbone(m.clip, m.pretrained)
     o, t = cfg.optim, cfg.train
-    if o.lr_clip < 0 or o.lr_new < 0:
-        errs.append("optim: learning rates must be >= 0")
+    for name in ("lr_clip", "lr_new"):
+        if getattr(o, name) < 0:
+            errs.append(f"optim.{name}: {getattr(o, name)} must be >= 0")
     if len(o.betas) != 2:
         errs.append(f"optim.betas: expected two numbers (β1, β2), got {list(o.betas)}")
     if not 0 <= o.warmup_fraction < 1:
         errs.append(f"optim.warmup_fraction: {o.warmup_fraction} must be in [0, 1)")
-    if t.epochs < 1 or t.batch_size < 1 or t.eval_batch_size < 1:
-        errs.append("train: epochs, batch_size and eval_batch_size must be >= 1")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(t, name) < 1:
+            errs.append(f"train.{name}: {getattr(t, name)} must be >= 1")
     return errs
+
+
+def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
+    """The architecture is one open_clip knows; `pretrained` is one of its tags or an existing file (nothing is
+    downloaded or loaded here: the pre-flight check loads a file once before Ray starts)."""
+    import open_clip
+
+    from calm_study.models.backbone import looks_like_path, register_tiny_models
+
+    register_tiny_models()
+    archs = open_clip.list_models()
+    if arch not in archs:
+        return [f"model.clip: {arch!r} is not an open_clip architecture{did_you_mean(arch, archs)}; see "
+                "open_clip.list_models() (calm_study adds calm-tiny)"]
+    if not pretrained:
+        return []
+    if looks_like_path(pretrained):
+        if not Path(pretrained).expanduser().is_file():
+            return [f"model.pretrained: the checkpoint file {pretrained!r} does not exist"]
+        return []
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        return [f"model.pretrained: {pretrained!r} is not a pretrained tag of {arch}{did_you_mean(pretrained, tags)};"
+                f" valid: {', '.join(tags) or 'none (use null for random weights, or a checkpoint file)'}"]
+    return []
 
 
 def _check_data(d: DataConfig) -> list[str]:

@@ -33,7 +33,7 @@ def msrvtt_root(tmp_path) -> Path:
 
 def msrvtt_doc(tiny_doc, root, tmp_path):
     doc = dict(tiny_doc)
-    doc["data"] = {**tiny_doc["data"], "roots": {"msrvtt": str(root)}, "on_error": "skip",
+    doc["data"] = {**tiny_doc["data"], "roots": {"msrvtt": str(root)}, "on_error": "skip", "max_skipped_fraction": 1.0,
                    "train": {"dataset": "msrvtt", "split": "train"},
                    "eval": [{"name": "msrvtt", "dataset": "msrvtt", "split": "test"},
                             {"name": "synthetic", "dataset": "synthetic", "domain": "plain", "split": "test"}],
@@ -71,7 +71,10 @@ def test_a_corrupt_synthetic_video_is_named_or_skipped(tiny_doc, tmp_path):
     tiny_doc["train"]["epochs"] = 1
     with pytest.raises(UnreadableVideosError, match=victim.name):
         fit(trial_from_dict(tiny_doc), lambda m, c: None)
-    tiny_doc["data"]["on_error"] = "skip"
+    tiny_doc["data"]["on_error"] = "skip"  # 1 of 8 or 24 videos: above the default 1 % threshold
+    with pytest.raises(ValueError, match="more than data.max_skipped_fraction 0.01"):
+        fit(trial_from_dict(tiny_doc), lambda m, c: None)
+    tiny_doc["data"]["max_skipped_fraction"] = 0.2
     metrics = fit(trial_from_dict(tiny_doc), lambda m, c: None)
     in_train = metrics["train_skipped_videos"] == 1
     assert in_train or metrics["eval/synthetic-plain-test/skipped_videos"] == 1

@@ -301,3 +301,24 @@ def test_cross_domain_on_the_papers_datasets_shows_every_paper_cell_and_the_drop
     assert d.loc["vae", "drop_paper"] == pytest.approx(paper.drop_of("CALM", list(data)))
     assert any("CLIP4Clip trained on msrvtt" in n for n in matrix.notes)  # the paper's other methods, as references
     assert "leak-free scoring" in matrix.caption
+
+
+def test_one_axis_at_a_time_sensitivity_draws_r1_and_the_drop_per_axis(tmp_path):
+    """Arms that each change one of α, d from the paper's setting: one table per axis, each with only that axis's
+    arms (the others at the center), in-domain R@1 and the drop, Δ against the center; one PNG with two panels."""
+    arms_ = [arm("c", 0, {})]
+    arms_ += [arm(f"a{i}", i + 1, {"loss.alpha": a}, loss_alpha=a) for i, a in enumerate([0.01, 1.0])]
+    arms_ += [arm(f"d{i}", i + 3, {"vae.latent_dim": d}, vae_latent_dim=d) for i, d in enumerate([64, 512])]
+    for a in arms_:
+        a.setdefault("vae_latent_dim", 256)
+    r1 = {"c": 40, "a0": 38, "a1": 44, "d0": 41, "d1": 36}
+    final = {(a, s): {"msrvtt": v + s, "didemo": v / 2} for a, v in r1.items() for s in (0, 1)}
+    df = rows("sens", arms_, final)
+    _, tables = build_tables(df)
+    assert [t.key for t in tables] == ["sensitivity_loss_alpha", "sensitivity_vae_latent_dim"]
+    alpha = tables[0].frame.set_index("unit")
+    assert list(alpha.index) == ["a0", "c", "a1"] and alpha.loc["c", "is_baseline"]  # sorted by α, no d arms
+    assert alpha.loc["a1", "id_t2v_R1_diff"] == 4 and alpha.loc["a1", "drop_mean"] == pytest.approx(22.5)
+    assert "the other settings at" in tables[0].caption
+    path = write_report("sens", results_dir=write(tmp_path, "sens", df))[0]
+    assert (path.parent / "sensitivity_vae_latent_dim.png").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,9 @@ from calm_study.data.frame_cache import FrameCache
 from calm_study.data.readers import read_dataset
 from calm_study.data.records import VideoRecord
 from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
-from calm_study.models.backbone import image_size
+from calm_study.models.backbone import image_size, looks_like_path
 from calm_study.names import DATA_ENV
+from calm_study.progress import say
 
 DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
 
@@ -95,3 +97,103 @@ def preflight(configs: list[TrialConfig], source: str) -> None:
         hint = (f"nothing was started; `python -m calm_study data check` with the same arguments lists what is "
                 f"missing (datasets live in ${DATA_ENV}/<dataset> or data.roots.<dataset>)")
         raise ConfigError(source, problems + [hint])
+
+
+VIDEO_CHECKS = "video_checks.json"  # in data.cache_dir: path -> [size, mtime_ns, reason or null]
+
+
+def _checked(records: list[VideoRecord], cfg: DataConfig, cache: FrameCache | None
+             ) -> list[tuple[VideoRecord, str]]:
+    """check_videos with a memo per file (size, modification time): a file already checked is not opened again."""
+    memo_path = Path(cfg.cache_dir).expanduser() / VIDEO_CHECKS
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+
+    def stamp(record: VideoRecord) -> list | None:
+        try:
+            st = record.path.stat()
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    known, todo = [], []
+    for record in records:
+        key = f"{record.path}|{record.start}|{record.end}"
+        entry, s = memo.get(key), stamp(record)
+        (known if s is not None and entry is not None and entry[:2] == s else todo).append(record)
+    failures = check_videos(todo, decoder=cfg.decoder, frame_cache=cache, progress=len(todo) > 200) if todo else []
+    failed = {id(r): why for r, why in failures}
+    for record in todo:
+        s = stamp(record)
+        if s is not None:
+            memo[f"{record.path}|{record.start}|{record.end}"] = [*s, failed.get(id(record))]
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(memo), encoding="utf-8")
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # the memo only saves time
+    earlier = [(r, memo[f"{r.path}|{r.start}|{r.end}"][2]) for r in known if memo[f"{r.path}|{r.start}|{r.end}"][2]]
+    order = {id(r): i for i, r in enumerate(records)}
+    return sorted(earlier + failures, key=lambda f: order[id(f[0])])
+
+
+def check_all_videos(configs: list[TrialConfig], source: str, batch_sizes: dict[str, int] | None = None) -> None:
+    """Before any trial starts: open every video of every real dataset split once (remembered per file). Under
+    data.on_error error, any unreadable video stops the study; under skip, more than data.max_skipped_fraction of a
+    split does; a training split with fewer (video, caption) pairs than one batch does too. Synthetic data is
+    generated and verified by calm_study itself, so it is not re-opened."""
+    problems = []
+    for ref, data, num_frames, size in config_datasets(configs):
+        if ref.dataset == "synthetic":
+            continue
+        records = load_records(ref, data)
+        failures = _checked(records, data, frame_cache(data, num_frames, size))
+        label = f"{ref.label}: {len(failures)} of {len(records)} videos cannot be read"
+        shown = "; ".join(f"{r.path} ({why})" for r, why in failures[:3]) + (" ..." if len(failures) > 3 else "")
+        if failures and data.on_error == "error":
+            problems.append(f"{label} (data.on_error error): {shown}; fix them, or set data.on_error: skip")
+        elif failures and len(failures) > data.max_skipped_fraction * len(records):
+            problems.append(f"{label}, more than data.max_skipped_fraction {data.max_skipped_fraction:g} of the "
+                            f"split: {shown}; fix the files, or raise data.max_skipped_fraction if that is intended")
+        elif failures:
+            say(f"{label}; they will be skipped (data.on_error skip) and counted in the results")
+    for cfg in configs:  # enough training pairs for one batch
+        ref = cfg.data.train
+        if ref.dataset != "synthetic":
+            pairs = sum(len(r.captions) for r in load_records(ref, cfg.data))
+            if pairs < cfg.train.batch_size:
+                problems.append(f"{ref.label}: {pairs} training (video, caption) pairs, fewer than one batch of "
+                                f"train.batch_size {cfg.train.batch_size}")
+    if problems:
+        raise ConfigError(source, list(dict.fromkeys(problems)))
+
+
+def check_weights(configs: list[TrialConfig], source: str) -> None:
+    """A model.pretrained file loads as weights (a mapping of tensors), without building any model."""
+    problems = []
+    for path in dict.fromkeys(c.model.pretrained for c in configs if c.model.pretrained):
+        if not looks_like_path(path):
+            continue
+        try:
+            if path.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(Path(path).expanduser()), framework="pt") as f:
+                    ok = bool(list(f.keys()))
+            else:
+                import torch
+
+                state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
+                ok = isinstance(state, dict) and bool(state)
+        except Exception as e:  # noqa: BLE001 - any failure to load means "not a weights file", said below
+            problems.append(f"model.pretrained: {path!r} cannot be loaded as weights ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}); give an open_clip checkpoint file")
+            continue
+        if not ok:
+            problems.append(f"model.pretrained: {path!r} holds no weights (not a mapping of tensors)")
+    if problems:
+        raise ConfigError(source, problems)

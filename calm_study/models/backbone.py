@@ -34,7 +34,7 @@ def _side(size: int | tuple | list) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def _looks_like_path(pretrained: str) -> bool:
+def looks_like_path(pretrained: str) -> bool:
     """A checkpoint path rather than an open_clip tag (tags have no path separator and no file extension)."""
     return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
 
@@ -48,7 +48,7 @@ class CLIPBackbone(nn.Module):
         if arch not in open_clip.list_models():
             raise ValueError(f"model.clip: {arch!r} is not an open_clip architecture; see open_clip.list_models() "
                              f"(calm_study adds {', '.join(TINY_MODELS)})")
-        if pretrained and _looks_like_path(pretrained):
+        if pretrained and looks_like_path(pretrained):
             path = Path(pretrained).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"model.pretrained: checkpoint file {pretrained!r} does not exist")

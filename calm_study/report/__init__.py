@@ -11,6 +11,7 @@ by seed (select.py defines the baseline); the epoch is explicit (select.py); the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -74,11 +75,25 @@ def write_report(study_name: str, results_dir: str | Path = "results", epoch: st
     from calm_study.report.render import to_markdown, to_text, write_files
     from calm_study.study.results import RESULTS_FILE, SCHEMA_VERSION, load
 
-    df = load(study_name, results_dir)
+    source = Path(results_dir) / study_name / RESULTS_FILE
+    try:
+        df = load(study_name, results_dir)
+    except (OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ReportError(f"the results file {str(source)!r} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); re-running the study's `run` command rebuilds it from "
+                          "the per-epoch logs in its storage (finished trials are not trained again)") from None
     sel, tables = build_tables(df, epoch)
     out = Path(out_dir) if out_dir is not None else report_dir(study_name, results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    source = Path(results_dir) / study_name / RESULTS_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ReportError(f"cannot write the report into {str(out)!r} ({e.strerror or e}); choose a results_dir this "
+                          "user can write (the report goes to <results_dir>/<study>/_report/)") from None
     parts = [f"# Study `{study_name}`: results", "",
              f"Source: `{source}` ({len(df)} rows, schema version {SCHEMA_VERSION}). "
              f"{_title(df, study_name, sel)}.", "", f"Main table: **{tables[0].title}**.", "", DEFINITIONS]

@@ -57,19 +57,20 @@ def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selectio
     swept = swept_columns(df)
     treated = arms[arms.loss_align != "none"]
     treated = treated if len(treated) else arms
-    tables = []
-    if any(c.startswith("anchors_") for c in swept) and len(treated[["anchors_count", "anchors_source"]]
-                                                              .drop_duplicates()) >= 2:
-        tables.append(_in_domain_table(sel, vals, arms, swept, "table6", ["anchors_count", "anchors_source"]))
-    if "loss_align" in swept and treated.loss_align.nunique() >= 2:
-        tables.append(_table7(sel, vals, arms, swept))
-    if arms.data_train.nunique() >= 2:
-        tables += _cross_domain(sel, vals, arms, swept)
     numeric = [col for col in swept if treated[col].nunique() >= 2 and (numbers := swept_values(df, col))
                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)]
     center = {c: treated[c].mode().iloc[0] for c in numeric}  # the setting every axis is varied around
     one_at_a_time = len(numeric) >= 2 and all(sum(r[c] != center[c] for c in numeric) <= 1
                                               for _, r in treated.iterrows())
+    tables = []
+    anchor_study = "anchors_source" in swept or not one_at_a_time  # K alone, one axis among others: a sensitivity
+    if anchor_study and any(c.startswith("anchors_") for c in swept) and len(
+            treated[["anchors_count", "anchors_source"]].drop_duplicates()) >= 2:
+        tables.append(_in_domain_table(sel, vals, arms, swept, "table6", ["anchors_count", "anchors_source"]))
+    if "loss_align" in swept and treated.loss_align.nunique() >= 2:
+        tables.append(_table7(sel, vals, arms, swept))
+    if arms.data_train.nunique() >= 2:
+        tables += _cross_domain(sel, vals, arms, swept)
     for col in numeric:
         if one_at_a_time:
             tables.append(_axis_table(sel, vals, treated, col, center))
@@ -77,7 +78,21 @@ def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selectio
             tables.append(_in_domain_table(sel, vals, arms, swept, f"sensitivity_{col}", [col], x=col))
     if not tables:
         tables.append(_in_domain_table(sel, vals, arms, swept, "arms", []))
+    skipped = _skipped(sel.rows)
+    for table in tables if skipped else []:
+        table.notes.append(skipped)
     return sel, tables
+
+
+def _skipped(rows: pd.DataFrame) -> str:
+    """'unreadable videos skipped: ...' (the most any trial skipped, per set), or '' when none were."""
+    per_set = rows.groupby("eval_set").skipped_videos.max().fillna(0)
+    counts = {s: int(n) for s, n in per_set.items() if n > 0}
+    train = int(rows.train_skipped_videos.fillna(0).max()) if "train_skipped_videos" in rows else 0
+    if train:
+        counts["training set"] = train
+    return ("unreadable videos skipped (data.on_error skip): " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            if counts else "")
 
 
 def _units(arms: pd.DataFrame, labels: list[str], x: str | None = None) -> pd.DataFrame:

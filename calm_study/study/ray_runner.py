@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.configio import set_path
-from calm_study.data.sources import preflight
+from calm_study.data.sources import check_all_videos, check_weights, preflight
 from calm_study.names import METRIC_LOG, TRAIN_FOLDER, TRIAL_FILE, TUNE_FOLDER, run_name, trial_key
 from calm_study.progress import say
 from calm_study.study.identity import arm_id
@@ -198,6 +199,19 @@ def check_gpus(study: Study, available: float, where: str) -> None:
             "preset (--preset demo) or --set resources.gpus_per_worker=0 (slow: the paper's setup needs GPUs)")
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A host:port address answers within a few seconds (Ray itself would retry for minutes)."""
+    if address == "auto":
+        return  # ray.init("auto") fails at once when no local cluster runs
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise StudyStateError(f"--address {address}: nothing answers there within {timeout_s:g} s "
+                              f"({getattr(e, 'strerror', None) or e}); give the head node's host:port (6379 by "
+                              "default), or `auto` on a node of the cluster") from None
+
+
 def run_study(study: Study, address: str | None = None, fresh: bool = False) -> tuple[Path, StudyStatus]:
     """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
@@ -205,20 +219,32 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     """
     trials = expand(study)
     files = StudyFiles(study)
-    if fresh and (target := archive(study)):
-        say(f"archived the earlier run of {study.name} to {target}")
+    # Every check first, cheapest first: nothing is moved, created or started before they have all passed.
     if not address:
         import torch
 
         check_gpus(study, torch.cuda.device_count(), "this machine")
+    else:
+        check_reachable(address)
     check_writable(files.storage, files.root, "storage")
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
+    source = f"study {study.name}"
+    configs = [t.config for t in trials]
+    preflight(configs, source)  # every split's annotations
+    check_weights(configs, source)  # a pretrained file loads
+    check_all_videos(configs, source)  # every video once (remembered), the skip threshold, one batch of pairs
+    if fresh and (target := archive(study)):
+        say(f"archived the earlier run of {study.name} to {target}")
     trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
-    preflight([t.config for t in trials], f"study {study.name}")
     check_same_study(study, trials)
     if not ray.is_initialized():
         if address:  # a running cluster: its dashboard and State API are the cluster's own (start it with them on)
-            ray.init(address=address, log_to_driver=True)
+            try:
+                ray.init(address=address, log_to_driver=True)
+            except ConnectionError as e:
+                raise StudyStateError(f"--address {address}: no Ray cluster could be reached ({e}); start one "
+                                      "with `ray start --head`, or run without --address to start Ray on this "
+                                      "machine") from None
             try:
                 check_gpus(study, ray.cluster_resources().get("GPU", 0), f"the Ray cluster at {address}")
             except StudyStateError:

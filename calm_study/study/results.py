@@ -54,21 +54,33 @@ FIXED_COLUMNS = {
 }
 
 
+class ResultsError(ValueError):
+    """A per-epoch metric log cannot be read: the results are not rebuilt rather than silently missing rows."""
+
+
 def read_metric_log(path: Path) -> list[dict]:
     """The epochs of one run's metrics.jsonl, one dict per epoch (the last line wins for a repeated epoch)."""
-    return parse_metric_log(path.read_text(encoding="utf-8")) if path.is_file() else []
+    return parse_metric_log(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else []
 
 
-def parse_metric_log(text: str) -> list[dict]:
-    """The epochs of a metrics.jsonl text (see read_metric_log)."""
+def parse_metric_log(text: str, source: str = "metrics.jsonl") -> list[dict]:
+    """The epochs of a metrics.jsonl text (see read_metric_log). Only the last line may be cut short (a crash in
+    the middle of writing it, before the epoch was acknowledged); any other unreadable line stops with its file and
+    line number."""
     by_epoch: dict[int, dict] = {}
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash mid-write
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
             by_epoch[int(rec["epoch"])] = rec
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # the last line, cut short by a crash mid-write
+            raise ResultsError(f"{source}, line {number}: not a metric record ({type(e).__name__}: {e}); the "
+                               "results were not rebuilt, so no row is lost silently: repair or delete that line "
+                               "(its epoch is then missing from the results) and run the command again") from None
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -118,6 +130,9 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600: others on a shared cluster must read results too
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a file-size limit, a vanished folder: say so, keep the earlier file
         raise OSError(e.errno, f"could not write the results file {path} ({e.strerror or e}); the earlier results "

@@ -26,6 +26,7 @@ from calm_study.configio import (
     dataclass_paths,
     deep_merge,
     did_you_mean,
+    flatten,
     from_dict,
     load_yaml,
     parse_yaml,
@@ -106,6 +107,7 @@ class Trial:
 
 
 STUDY_KEYS = [f.name for f in Study.__dataclass_fields__.values()]
+TRIAL_SECTIONS = [f.name for f in TrialConfig.__dataclass_fields__.values()]
 
 
 def apply_overrides(doc: dict, sets: list[str], source: str) -> dict:
@@ -116,7 +118,13 @@ def apply_overrides(doc: dict, sets: list[str], source: str) -> dict:
         if not eq or not key:
             errors.append(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
             continue
-        path = key if key.split(".")[0] in STUDY_KEYS else f"base.{key}"
+        head = key.split(".")[0]
+        if head not in STUDY_KEYS and head not in TRIAL_SECTIONS:
+            errors.append(f"--set {key}: {head!r} is neither a study key nor a trial section"
+                          f"{did_you_mean(head, STUDY_KEYS + TRIAL_SECTIONS)}; study keys: {', '.join(STUDY_KEYS)}; "
+                          f"trial sections: {', '.join(TRIAL_SECTIONS)}")
+            continue
+        path = key if head in STUDY_KEYS else f"base.{key}"
         doc = set_path(doc, path, parse_yaml(text, f"--set {key}"))
     if errors:
         raise ConfigError(source, errors)
@@ -124,27 +132,71 @@ def apply_overrides(doc: dict, sets: list[str], source: str) -> dict:
 
 
 def load_study(path: str | Path, preset: str | None = None, sets: list[str] | None = None) -> Study:
-    """Read, merge the preset and --set overrides, convert and check a study file (every problem at once)."""
+    """Read, merge the preset and --set overrides, convert and check a study file (every problem at once). A problem
+    in a key the preset sets is reported under `presets.<name>.`, where the user has to fix it."""
     source = str(path)
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(source, ["a study file must be a mapping with keys: " + ", ".join(STUDY_KEYS)])
+    preset_keys: set[str] = set()
     if preset is not None:
         presets = doc.get("presets") or {}
         if preset not in presets:
             raise ConfigError(source, [f"--preset {preset!r}: no such preset{did_you_mean(preset, presets)}; "
                                        f"defined: {', '.join(presets) or 'none'}"])
+        if not isinstance(presets[preset], dict):
+            raise ConfigError(source, [f"presets.{preset}: expected a mapping (a partial study document)"])
         doc = deep_merge(doc, presets[preset])
+        preset_keys = set(flatten(presets[preset]))
     doc = apply_overrides(doc, sets or [], source)
     doc.setdefault("name", Path(path).stem)
-    errors: list[str] = []
-    study = from_dict(Study, doc, "", errors)
-    if errors:
-        raise ConfigError(source, errors)
-    errors += _check_study(study)
-    if errors:
-        raise ConfigError(source, errors)
-    expand(study, source)  # raises with every trial-level problem
+    try:
+        errors: list[str] = []
+        study = from_dict(Study, doc, "", errors)
+        if errors:
+            raise ConfigError(source, errors)
+        errors += _check_study(study)
+        try:
+            expand(study, source)  # every trial-level problem, reported together with the study-level ones
+        except ConfigError as e:
+            errors += e.problems
+        except (KeyError, TypeError, ValueError):
+            if not errors:  # a study-level problem made the expansion meaningless: report that problem
+                raise
+        if errors:
+            raise ConfigError(source, errors)
+    except ConfigError as e:
+        if not preset_keys:
+            raise
+        raise ConfigError(source, [_in_preset(p, preset, preset_keys) for p in e.problems]) from None
+    return study
+
+
+def _in_preset(problem: str, preset: str, keys: set[str]) -> str:
+    """'base.train.epochs: ...' -> 'presets.demo.base.train.epochs: ...' when the preset sets that key."""
+    path = problem.split(":", 1)[0]
+    for candidate in (path, f"base.{path}"):
+        if candidate in keys or any(k.startswith(candidate + ".") for k in keys):
+            return f"presets.{preset}.{candidate}{problem[len(path):]}"
+    return problem
+
+
+def load_study_and_presets(path: str | Path, sets: list[str] | None = None) -> Study:
+    """The study without a preset, after checking every preset it defines too (all problems at once)."""
+    problems: list[str] = []
+    study = None
+    try:
+        study = load_study(path, None, sets)
+    except ConfigError as e:
+        problems += e.problems
+    doc = load_yaml(path)
+    for name in (doc.get("presets") or {}) if isinstance(doc, dict) else {}:
+        try:
+            load_study(path, name, sets)
+        except ConfigError as e:
+            problems += [p for p in e.problems if p.startswith(f"presets.{name}")]
+    if problems or study is None:
+        raise ConfigError(str(path), list(dict.fromkeys(problems)))
     return study
 
 
@@ -165,10 +217,18 @@ def _check_study(s: Study) -> list[str]:
     if not s.seeds or len(set(s.seeds)) != len(s.seeds):
         errs.append(f"seeds: {list(s.seeds)} must be a non-empty list of distinct integers")
     r = s.resources
-    if r.num_workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0 or r.max_concurrent < 0:
-        errs.append("resources: num_workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0, max_concurrent >= 0")
-    if s.failures.train_retries < -1 or s.failures.trial_retries < -1:
-        errs.append("failures: train_retries and trial_retries must be >= 0 (or -1 = without limit)")
+    for name, value, ok, want in (("num_workers", r.num_workers, r.num_workers >= 1, ">= 1"),
+                                  ("cpus_per_worker", r.cpus_per_worker, r.cpus_per_worker > 0, "> 0"),
+                                  ("gpus_per_worker", r.gpus_per_worker, r.gpus_per_worker >= 0, ">= 0"),
+                                  ("max_concurrent", r.max_concurrent, r.max_concurrent >= 0, ">= 0 (0: all fit)")):
+        if not ok:
+            errs.append(f"resources.{name}: {value} must be {want}")
+    if r.num_workers >= 1 and s.base.train.batch_size % r.num_workers:
+        errs.append(f"train.batch_size: {s.base.train.batch_size} is not divisible by resources.num_workers "
+                    f"{r.num_workers} (every worker takes an equal share of each global batch)")
+    for name in ("train_retries", "trial_retries"):
+        if getattr(s.failures, name) < -1:
+            errs.append(f"failures.{name}: {getattr(s.failures, name)} must be >= 0 (or -1 = without limit)")
     if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
         errs.append("resources.gpus_per_worker: a fraction of a GPU is only allowed with num_workers 1 (two ranks of "
                     "one trial could land on the same GPU)")

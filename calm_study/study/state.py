@@ -13,11 +13,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from calm_study.configio import flatten
-from calm_study.names import MANIFEST, METRIC_LOG, TRAIN_FOLDER, TRIAL_FILE, TUNE_FOLDER, key_of_run, run_name
+from calm_study.names import (
+    EVAL_PREFIX,
+    MANIFEST,
+    METRIC_LOG,
+    SKIPPED_VIDEOS,
+    TRAIN_FOLDER,
+    TRIAL_FILE,
+    TUNE_FOLDER,
+    key_of_run,
+    run_name,
+)
 from calm_study.study.results import build_results, parse_metric_log, results_path, write_parquet_atomic
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
 from calm_study.study.storage import Storage
@@ -53,10 +63,17 @@ class StudyFiles:
 def check_writable(storage: Storage, folder: str, what: str) -> None:
     """Fail now, not after hours of training, if `folder` cannot be created or written."""
     probe = f"{folder}/.write-test-{os.getpid()}"
+    created = []  # the folders this check creates, deepest first: removed again, so a failed run leaves nothing
+    parent = folder
+    while parent and not storage.exists(parent) and not storage.is_uri:
+        created.append(parent)
+        parent = os.path.dirname(parent.rstrip("/"))
     try:
         storage.makedirs(folder)
         storage.write_text(probe, "ok")
         storage.delete_file(probe)
+        for path in created:
+            os.rmdir(path)
     except OSError as e:
         raise StudyStateError(f"{what}: cannot write to {folder!r} ({e.strerror or e}); choose a folder (or bucket) "
                               "this user can write (on a cluster: one that every node sees)") from None
@@ -141,7 +158,8 @@ def archive(study: Study) -> str | None:
 
 def trial_logs(study: Study, trials: list[Trial]) -> dict[str, list[dict]]:
     files = StudyFiles(study)
-    return {t.key: parse_metric_log(files.storage.read_text(files.run_log(t.key)) or "") for t in trials}
+    return {t.key: parse_metric_log(files.storage.read_text(files.run_log(t.key)) or "", files.run_log(t.key))
+            for t in trials}
 
 
 def tune_dir_of(study: Study, trial: Trial) -> str:
@@ -177,6 +195,9 @@ def trial_error(study: Study, trial: Trial) -> str | None:
     return lines[-1][:300] if lines else "error"
 
 
+STALE_SNAPSHOT_S = 180  # a Tune snapshot older than this was not written by a live run
+
+
 def tune_statuses(study: Study) -> dict[str, str]:
     """Tune folder -> status (RUNNING, TERMINATED, ...) in Ray Tune's latest experiment snapshot (taken every ~10 s
     while the study runs). The snapshot format is Tune's own; if it cannot be read, this is empty."""
@@ -185,17 +206,22 @@ def tune_statuses(study: Study) -> dict[str, str]:
     if not snapshots:
         return {}
     try:
-        state = json.loads(files.storage.read_text(f"{files.tune}/{snapshots[-1]}") or "{}")
+        path = f"{files.tune}/{snapshots[-1]}"
+        state = json.loads(files.storage.read_text(path) or "{}")
         trials = [json.loads(entry[0]) for entry in state.get("trial_data", [])]
-        return {t["relative_logdir"]: t["status"] for t in trials}
-    except (ValueError, KeyError, TypeError, IndexError):
+        # Tune rewrites its snapshot every few seconds while it runs: a RUNNING trial in an old snapshot belongs to
+        # a run that was killed (or lost its machine).
+        stale = time.time() - files.storage.mtime(path) > STALE_SNAPSHOT_S
+        return {t["relative_logdir"]: "INTERRUPTED" if stale and t["status"] == "RUNNING" else t["status"]
+                for t in trials}
+    except (ValueError, KeyError, TypeError, IndexError, OSError):
         return {}
 
 
 def trial_status(trial: Trial, log: list[dict], error: str | None, tune_status: str = "",
                  early_stopping: bool = False) -> str:
-    """completed | diverged | error | stopped_early (ended by the scheduler) | running | incomplete (some epochs,
-    nothing running) | pending (no epoch yet)."""
+    """completed | diverged | error | stopped_early (ended by the scheduler) | running | interrupted (its run was
+    killed mid-trial: re-run the same command) | incomplete (some epochs, nothing running) | pending (no epoch yet)."""
     last = log[-1] if log else {}
     if last.get("status") == "diverged":
         return "diverged"
@@ -207,6 +233,8 @@ def trial_status(trial: Trial, log: list[dict], error: str | None, tune_status: 
         return "stopped_early"
     if tune_status == "RUNNING":
         return "running"
+    if tune_status == "INTERRUPTED":
+        return "interrupted"
     return "incomplete" if log else "pending"
 
 
@@ -216,6 +244,7 @@ class StudyStatus:
     errors: dict[str, str]  # trial key -> reason (errors and divergences)
     best: tuple[str, float] | None  # (trial key, metric) of the best trial so far
     epochs_done: dict[str, int]
+    skipped: dict[str, int] = field(default_factory=dict)  # data set -> unreadable videos skipped (most any trial saw)
 
     def counts(self) -> dict[str, int]:
         values = list(self.statuses.values())
@@ -244,7 +273,15 @@ def study_status(study: Study, trials: list[Trial], live: bool = True) -> StudyS
             value = rec.get(key)
             if isinstance(value, (int, float)) and (best is None or sign * value > sign * best[1]):
                 best = (t.key, float(value))
-    return StudyStatus(statuses, errors, best, {k: len(v) for k, v in logs.items()})
+    skipped: dict[str, int] = {}
+    for log in logs.values():
+        for rec in log[-1:]:
+            for k, v in rec.items():
+                name = "training set" if k == "train_skipped_videos" else (
+                    k.split("/")[1] if k.startswith(EVAL_PREFIX) and k.endswith(f"/{SKIPPED_VIDEOS}") else None)
+                if name and isinstance(v, (int, float)) and v:
+                    skipped[name] = max(skipped.get(name, 0), int(v))
+    return StudyStatus(statuses, errors, best, {k: len(v) for k, v in logs.items()}, skipped)
 
 
 def write_study_results(study: Study, trials: list[Trial], trial_ids: dict[str, str] | None = None
@@ -263,8 +300,12 @@ def describe(study: Study, trials: list[Trial], status: StudyStatus) -> str:
     for k, reason in status.errors.items():
         lines.append(f"  {status.statuses[k]}: {k} {json.dumps(arms[k].swept, sort_keys=True)}: {reason}")
     for k, s in status.statuses.items():
-        if s == "incomplete":
-            lines.append(f"  incomplete: {k} after {status.epochs_done[k]}/{arms[k].config.train.epochs} epochs")
+        if s in ("incomplete", "interrupted"):
+            lines.append(f"  {s}: {k} after {status.epochs_done[k]}/{arms[k].config.train.epochs} epochs "
+                         "(run the same command again to continue)")
+    if status.skipped:
+        lines.append("  unreadable videos skipped (data.on_error skip): "
+                     + ", ".join(f"{name} {n}" for name, n in status.skipped.items()))
     if status.best:
         key, value = status.best
         lines.append(f"  best epoch so far (progress only): {metric_key(study)} = {value:.2f} ({key} "

@@ -40,6 +40,13 @@ class Storage:
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
+    def mtime(self, path: str) -> float:
+        """Seconds since the epoch of the file's last modification."""
+        info = self.fs.get_file_info(path)
+        if info.mtime is None:
+            raise OSError(f"no modification time for {path}")
+        return info.mtime.timestamp()
+
     def makedirs(self, path: str) -> None:
         self.fs.create_dir(path, recursive=True)
 

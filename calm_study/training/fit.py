@@ -79,6 +79,9 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     def readable(ref) -> list:
         records, failures = load_readable_records(ref, d, cache)
         skipped[ref.label] = len(failures)
+        if len(failures) > d.max_skipped_fraction * (len(records) + len(failures)):
+            raise ValueError(f"{ref.label}: {len(failures)} of {len(records) + len(failures)} videos cannot be read, "
+                             f"more than data.max_skipped_fraction {d.max_skipped_fraction:g}; nothing was trained")
         for record, reason in failures[:5]:
             log(f"skipping unreadable video {record.path} of {ref.label}: {reason}")
         if len(failures) > 5:
@@ -90,8 +93,9 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     loader = DataLoader(train_set, batch_size=t.batch_size // world_size, sampler=sampler, drop_last=True,
                         collate_fn=collate, num_workers=d.loader_workers)
     if len(loader) == 0:
-        raise ValueError(f"data.train {d.train.label!r} has {len(train_set)} pairs, fewer than one batch of "
-                         f"train.batch_size {t.batch_size}; lower train.batch_size")
+        fix = "lower train.batch_size" if len(train_set) else "check the training split's files (data check)"
+        raise ValueError(f"data.train {d.train.label!r} has {len(train_set)} (video, caption) pairs, fewer than one "
+                         f"batch of train.batch_size {t.batch_size}; {fix}")
     log(f"{len(train_set)} training pairs, {len(loader)} steps per epoch x {t.epochs} epochs, "
         f"{world_size} worker(s), device {device}")
     eval_sets = {ref.label: task.eval_items(readable(ref), **video) for ref in d.eval} if rank == 0 else {}
