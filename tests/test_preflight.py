@@ -146,3 +146,14 @@ def test_results_files_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_summary_and_status_say_how_many_videos_were_skipped():
+    from calm_study.study.state import StudyStatus, describe
+
+    study = load_study(REPO / "studies" / "anchor_ablation.yaml", "demo")
+    trials = expand(study)
+    status = StudyStatus({t.key: "completed" for t in trials}, {}, None, {t.key: 8 for t in trials},
+                         {"training set": 2, "plain_test": 1})
+    assert "unreadable videos skipped (data.on_error skip): training set 2, plain_test 1" in describe(study, trials,
+                                                                                                     status)

@@ -322,3 +322,14 @@ def test_one_axis_at_a_time_sensitivity_draws_r1_and_the_drop_per_axis(tmp_path)
     assert "the other settings at" in tables[0].caption
     path = write_report("sens", results_dir=write(tmp_path, "sens", df))[0]
     assert (path.parent / "sensitivity_vae_latent_dim.png").is_file()
+
+
+def test_every_table_says_how_many_videos_were_skipped():
+    final = {(a, s): {"msrvtt": v, "didemo": v / 2} for a, vs in ANCHOR_R1.items() for s, v in enumerate(vs)}
+    df = rows("anchor", ANCHOR_ARMS, final)
+    df.loc[df.eval_set == "didemo", "skipped_videos"] = 3
+    df["train_skipped_videos"] = 2
+    for table in build_tables(df)[1]:
+        assert "unreadable videos skipped (data.on_error skip): didemo 3, training set 2" in table.notes
+    clean = rows("anchor", ANCHOR_ARMS, final)
+    assert not any("skipped" in n for t in build_tables(clean)[1] for n in t.notes)
