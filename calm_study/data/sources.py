@@ -185,8 +185,12 @@ def check_weights(configs: list[TrialConfig], source: str) -> None:
                 with safe_open(str(Path(path).expanduser()), framework="pt") as f:
                     ok = bool(list(f.keys()))
             else:
+                import zipfile
+
                 import torch
 
+                if not zipfile.is_zipfile(Path(path).expanduser()):  # every torch.save file since torch 1.6
+                    raise ValueError("not a PyTorch checkpoint: torch.save writes a zip archive")
                 state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
                 ok = isinstance(state, dict) and bool(state)
         except Exception as e:  # noqa: BLE001 - any failure to load means "not a weights file", said below
