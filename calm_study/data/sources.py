@@ -147,11 +147,13 @@ def check_all_videos(configs: list[TrialConfig], source: str, batch_sizes: dict[
     split does; a training split with fewer (video, caption) pairs than one batch does too. Synthetic data is
     generated and verified by calm_study itself, so it is not re-opened."""
     problems = []
+    pairs_of: dict[tuple, int] = {}  # (split, roots) -> (video, caption) pairs, for the batch check below
     for ref, data, num_frames, size in config_datasets(configs):
         if ref.dataset == "synthetic":
             continue
         records = load_records(ref, data)
         failures = _checked(records, data, frame_cache(data, num_frames, size))
+        pairs_of[(ref, repr(data.roots))] = sum(len(r.captions) for r in records)
         label = f"{ref.label}: {len(failures)} of {len(records)} videos cannot be read"
         shown = "; ".join(f"{r.path} ({why})" for r, why in failures[:3]) + (" ..." if len(failures) > 3 else "")
         if failures and data.on_error == "error":
@@ -163,11 +165,10 @@ def check_all_videos(configs: list[TrialConfig], source: str, batch_sizes: dict[
             say(f"{label}; they will be skipped (data.on_error skip) and counted in the results")
     for cfg in configs:  # enough training pairs for one batch
         ref = cfg.data.train
-        if ref.dataset != "synthetic":
-            pairs = sum(len(r.captions) for r in load_records(ref, cfg.data))
-            if pairs < cfg.train.batch_size:
-                problems.append(f"{ref.label}: {pairs} training (video, caption) pairs, fewer than one batch of "
-                                f"train.batch_size {cfg.train.batch_size}")
+        pairs = pairs_of.get((replace(ref, name=""), repr(cfg.data.roots)))  # read once, in the loop above
+        if pairs is not None and pairs < cfg.train.batch_size:
+            problems.append(f"{ref.label}: {pairs} training (video, caption) pairs, fewer than one batch of "
+                            f"train.batch_size {cfg.train.batch_size}")
     if problems:
         raise ConfigError(source, list(dict.fromkeys(problems)))
 
