@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from calm_study.configio import ConfigError, load_yaml
+from calm_study.external import JavaMissingError
 from calm_study.report import ReportError
 from calm_study.study.results import ResultsError
 from calm_study.study.state import StudyStateError
@@ -220,6 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StudyStateError, ReportError, ResultsError, FileNotFoundError) as e:
+    except (ConfigError, StudyStateError, ReportError, ResultsError, FileNotFoundError, JavaMissingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

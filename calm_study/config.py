@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 class ModelConfig:
     # Model family (models/families.py): clip4clip (one text-independent video feature per video) | xpool (X-Pool:
     # each video pooled over its frames by the query text) | tmass (X-Pool + T-MASS's stochastic text; the paper's base)
+    # | captioner (task captioning: CLIP frames -> caption decoder)
     family: str = "clip4clip"
     clip: str = "ViT-B-32-quickgelu"  # open_clip architecture (open_clip.list_models(), plus our calm-tiny)
     pretrained: str | None = "openai"  # open_clip pretrained tag of `clip`, a local checkpoint file, or null (random)
@@ -53,7 +54,7 @@ class LossConfig:
     # S_p as a stop-gradient target? Unstated in the paper; false = the loss exactly as written (gradients reach the
     # text encoder and anchors through S_p too).
     detach_target: bool = False
-    task_weight: float = 1.0  # weight of the symmetric InfoNCE task loss
+    task_weight: float = 1.0  # weight of the task's loss (retrieval: symmetric InfoNCE; captioning: caption CE)
     logit_scale_max: float = 100.0  # clamp of exp(CLIP's learnable logit scale), as in CLIP
 
 
@@ -73,7 +74,9 @@ class DatasetRef:
     name: str = ""  # label of the set in results; default "<dataset>-<split>" ("synthetic-<domain>-<split>")
     dataset: str = "synthetic"  # synthetic | msrvtt | didemo | lsmdc | msvd (roots in data.roots)
     domain: str = "plain"  # synthetic only: plain | textured
-    split: str = "test"  # synthetic: train | test; msrvtt: train (9k) | train7k | test (1k-A); others: train|val|test
+    # synthetic: train | test; msrvtt: train (9k) | train7k | test (1k-A) | caption_train | caption_val | caption_test
+    # (the official 6,513 / 497 / 2,990 captioning split, every caption kept); others: train | val | test
+    split: str = "test"
 
     @property
     def label(self) -> str:
@@ -143,8 +146,23 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class CaptionConfig:
+    # Task captioning, family captioner (CoCap's recipe, docs/captioning.md): a transformer decoder over the frame
+    # tokens of the CLIP image encoder, CLIP's BPE tokens, word embedding and output layer copied from CLIP's token
+    # embedding; its width is CLIP's text width (= the embedding width, 512, for ViT-B/32).
+    layers: int = 2  # decoder layers (CoCap: 2); >= 1
+    heads: int = 8  # attention heads (CoCap: 8); must divide the width
+    dropout: float = 0.1  # decoder dropout (CoCap: 0.1) in [0, 1)
+    label_smoothing: float = 0.1  # of the caption cross-entropy (CoCap: 0.1), padding ignored; in [0, 1)
+    beam_size: int = 1  # decoding: 1 = greedy (CoCap), > 1 = beam search
+    length_penalty: float = 1.0  # beam search: hypotheses ranked by log p / length^length_penalty; >= 0
+    max_length: int = 30  # most tokens a decoded caption has (BOS and EOS included), capped by CLIP's context; >= 2
+    samples: int = 5  # decoded captions per evaluation set kept with the results, for people to read; >= 0
+
+
+@dataclass(frozen=True)
 class TrialConfig:
-    task: str = "retrieval"  # what is trained and evaluated (calm_study/tasks): retrieval
+    task: str = "retrieval"  # what is trained and evaluated (calm_study/tasks): retrieval | captioning
     model: ModelConfig = field(default_factory=ModelConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -153,3 +171,4 @@ class TrialConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)

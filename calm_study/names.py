@@ -11,7 +11,14 @@ from __future__ import annotations
 # ---- metrics, per task ------------------------------------------------------------------------------------------
 RECALL_KS = (1, 5, 10)
 RETRIEVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR"))
-TASK_METRICS: dict[str, tuple[str, ...]] = {"retrieval": RETRIEVAL_METRICS}
+# Captioning (x100, pycocoevalcap on PTB-tokenised text): the spelling of the paper's Tables 4-5 (calm_tables.csv),
+# CIDEr(-D) first (the headline). trivial_CIDEr: the CIDEr of always answering the most frequent training caption, the
+# floor a trained captioner must clear (a property of the data, the same in every epoch of a trial).
+CAPTION_METRICS = ("CIDEr", "BLEU4", "METEOR", "ROUGE_L")
+CAPTIONING_METRICS = (*CAPTION_METRICS, "trivial_CIDEr")
+TASK_METRICS: dict[str, tuple[str, ...]] = {"retrieval": RETRIEVAL_METRICS, "captioning": CAPTIONING_METRICS}
+# What a report's epoch="best" maximises on the validation set, per task.
+SELECT_METRIC: dict[str, str] = {"retrieval": "t2v_R1", "captioning": "CIDEr"}
 
 
 def all_metric_names() -> tuple[str, ...]:
@@ -22,6 +29,7 @@ def all_metric_names() -> tuple[str, ...]:
 # ---- per-epoch metric keys (what a worker reports and the metric log stores) ------------------------------------
 EVAL_PREFIX = "eval/"
 SKIPPED_VIDEOS = "skipped_videos"  # per evaluation set: videos dropped under data.on_error=skip
+SAMPLES = "samples"  # per evaluation set (captioning): a JSON list of a few decoded captions, not a metric
 
 
 def eval_key(eval_set: str, metric: str) -> str:
@@ -62,6 +70,7 @@ TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
 METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
 RESULTS_FILE = "trials.parquet"  # <results_dir>/<study>/trials.parquet
 CHECKPOINT_FILE = "state.pt"
+SAMPLES_FILE = "captions.json"  # <results_dir>/<study>/captions.json: each trial's decoded samples at its last epoch
 
 
 def trial_key(arm_id: str, seed: int) -> str:

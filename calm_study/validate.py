@@ -24,7 +24,7 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     """Every problem of a config that types alone cannot express (an empty list when it is valid)."""
     from calm_study.models.calm.align import list_align_losses
     from calm_study.models.calm.anchors import ENCODE_MODES, count_labels, list_label_sources
-    from calm_study.models.families import TEXT_CONDITIONED, list_families
+    from calm_study.models.families import FAMILY_TASK, TEXT_CONDITIONED, list_families
     from calm_study.models.temporal import list_temporal_fusions
     from calm_study.models.tmass import PRIORS
     from calm_study.tasks import list_tasks
@@ -39,6 +39,11 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     errs += _choice("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
     errs += _choice("train.precision", cfg.train.precision, PRECISIONS)
     m, ev = cfg.model, cfg.evaluation
+    if FAMILY_TASK.get(m.family, cfg.task) != cfg.task and cfg.task in list_tasks():
+        fits = [f for f, task in FAMILY_TASK.items() if task == cfg.task]
+        errs.append(f"model.family: {m.family!r} is a {FAMILY_TASK[m.family]} model and cannot do task {cfg.task!r}; "
+                    f"families for {cfg.task}: {', '.join(fits)}")
+    errs += _check_caption(cfg) if cfg.task == "captioning" else []
     errs += _choice("model.prior", m.prior, PRIORS) + _choice("evaluation.protocol", ev.protocol, PROTOCOLS)
     if ev.protocol == "tmass_compat" and m.family not in TEXT_CONDITIONED:
         errs.append(f"evaluation.protocol: tmass_compat reproduces how T-MASS pools candidates with their own "
@@ -103,6 +108,23 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(t, name) < 1:
             errs.append(f"train.{name}: {getattr(t, name)} must be >= 1")
+    return errs
+
+
+def _check_caption(cfg: TrialConfig) -> list[str]:
+    c, errs = cfg.caption, []
+    for name, value, low in (("layers", c.layers, 1), ("heads", c.heads, 1), ("beam_size", c.beam_size, 1),
+                             ("max_length", c.max_length, 2), ("samples", c.samples, 0)):
+        if value < low:
+            errs.append(f"caption.{name}: {value} must be >= {low}")
+    for name in ("dropout", "label_smoothing"):
+        if not 0 <= getattr(c, name) < 1:
+            errs.append(f"caption.{name}: {getattr(c, name)} must be in [0, 1)")
+    if c.length_penalty < 0:
+        errs.append(f"caption.length_penalty: {c.length_penalty} must be >= 0")
+    if cfg.evaluation.protocol != "leakfree" or cfg.evaluation.dsl:
+        errs.append("evaluation.protocol / evaluation.dsl: retrieval scoring settings; task captioning scores decoded "
+                    "captions (keep protocol leakfree and dsl false)")
     return errs
 
 

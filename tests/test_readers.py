@@ -309,7 +309,7 @@ def test_restricted_loader_reads_plain_data(tmp_path: Path, protocol: int):
 
 def test_registry_lists_datasets_and_splits():
     assert list_datasets() == ["didemo", "lsmdc", "msrvtt", "msvd"] == sorted(READERS)
-    assert SPLITS["msrvtt"] == ("train", "train7k", "test")
+    assert SPLITS["msrvtt"] == ("train", "train7k", "test", "caption_train", "caption_val", "caption_test")
     assert SPLITS["didemo"] == SPLITS["lsmdc"] == SPLITS["msvd"] == ("train", "val", "test")
 
 

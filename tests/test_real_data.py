@@ -128,3 +128,29 @@ def test_cross_domain_study_rows_name_train_and_eval_datasets():
     assert {t.config.loss.align for t in trials} == {"none", "vae"} and len(trials) == 6
     demo = expand(load_study(REPO / "studies" / "cross_domain.yaml", "demo"))
     assert {t.config.data.train.domain for t in demo} == {"plain", "textured"}
+
+
+@pytest.mark.slow
+def test_captioning_trains_and_decodes_on_real_msrvtt_clips(tiny_doc, msrvtt_root, tmp_path):
+    """The official captioning split of the real annotation file, with the clips that are present (18 train, 7 test);
+    every test clip is scored against all its 20 references."""
+    import json
+
+    doc = msrvtt_doc(tiny_doc, msrvtt_root, tmp_path)
+    doc.update(task="captioning", caption={"max_length": 16, "samples": 7})
+    doc["model"] = {**doc["model"], "family": "captioner"}
+    doc["loss"] = {"align": "vae"}
+    doc["data"] = {**doc["data"], "train": {"dataset": "msrvtt", "split": "caption_train"},
+                   "eval": [{"name": "msrvtt", "dataset": "msrvtt", "split": "caption_test"}]}
+    doc["train"] = {**doc["train"], "epochs": 2, "batch_size": 16}
+    cfg = trial_from_dict(doc)
+    metrics = fit(cfg, lambda m, c: None)
+    assert metrics["train_skipped_videos"] == 6513 - 18 and metrics["eval/msrvtt/skipped_videos"] == 2990 - 7
+    for name in ("CIDEr", "BLEU4", "METEOR", "ROUGE_L", "trivial_CIDEr"):
+        assert 0 <= metrics[f"eval/msrvtt/{name}"] <= 1000
+    samples = json.loads(metrics["eval/msrvtt/samples"])
+    info = {v["video_id"]: v for v in json.loads((SHARED_DATA / "msrvtt-sample" / "video_info.json").read_text())}
+    assert sorted(s["video"] for s in samples) == sorted(k for k, v in info.items() if v["split"] == "test")
+    captions = json.loads((SHARED_DATA / "msrvtt-sample" / "captions.json").read_text())
+    for s in samples:  # the references are the clip's real captions
+        assert set(s["references"]) <= set(captions[f"{s['video']}.mp4"])

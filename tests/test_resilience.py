@@ -146,30 +146,43 @@ def test_a_diverging_trial_ends_diverged_while_the_others_finish(tmp_path, data_
 
 
 def test_two_node_cluster_loses_a_node_and_the_study_completes(tmp_path, data_cache):
-    path = write_study(tmp_path, data_cache, "nodes", epochs=4, failures={"train_retries": 2, "trial_retries": 3})
+    path = write_study(tmp_path, data_cache, "nodes", epochs=4, failures={"train_retries": 2, "trial_retries": 3},
+                       resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2})
     script = tmp_path / "cluster.py"
+    driver_log = tmp_path / "driver.log"
+    # The head (2 CPUs) has room for both drivers (pinned there, resources.drivers_on_head) and one Train worker
+    # (1 CPU), so the other trial's worker runs on the second node. That node is removed once both trials have logged
+    # an epoch (both mid-training); the driver's own output goes to driver.log, shown when the test fails.
     script.write_text(f"""
 import subprocess, sys, time, json, pathlib
 from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2}})
 worker = cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
+log = open({str(driver_log)!r}, "w")
 proc = subprocess.Popen([sys.executable, "-m", "calm_study", "run", {str(path)!r}, "--address", cluster.address],
-                        cwd={str(REPO)!r})
+                        cwd={str(REPO)!r}, stdout=log, stderr=subprocess.STDOUT)
 train = pathlib.Path({str(tmp_path / "runs" / "nodes" / "train")!r})
 deadline = time.time() + 300
-while time.time() < deadline and not any(p.read_text().strip() for p in train.glob("train-*/metrics.jsonl")):
+while time.time() < deadline and sum(bool(p.read_text().strip()) for p in train.glob("train-*/metrics.jsonl")) < 2:
     time.sleep(0.5)
 cluster.remove_node(worker)
-print("node removed", flush=True)
-code = proc.wait(timeout=600)
+print("node removed", time.strftime("%H:%M:%S"), flush=True)
+try:
+    code = proc.wait(timeout=480)
+except subprocess.TimeoutExpired:
+    print("the study did not finish within 480 s of the node removal", flush=True)
+    proc.kill()
+    code = 99
 cluster.shutdown()
 sys.exit(code)
 """)
     env = {**os.environ, "RAY_TMPDIR": ray_tmp(tmp_path)}
     out = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert "node removed" in out.stdout
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    driver = driver_log.read_text() if driver_log.exists() else ""
+    assert "node removed" in out.stdout, (out.stdout + out.stderr)[-3000:]
+    assert out.returncode == 0, out.stdout + "\n--- driver log (tail) ---\n" + driver[-6000:]
+    assert "resumed from" in driver  # the lost node's trial went on from its checkpoint
     check_complete(tmp_path, "nodes", trials=2, epochs=4)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from calm_study.config import TrialConfig
+from calm_study.models.captioner import build_captioner
 from calm_study.models.clip4clip import build_clip4clip
 from calm_study.models.tmass import build_tmass
 from calm_study.models.xpool import build_xpool
@@ -59,7 +60,9 @@ FAMILIES: dict[str, Callable[[TrialConfig], VideoTextModel]] = {
     "clip4clip": build_clip4clip,
     "xpool": build_xpool,
     "tmass": build_tmass,
+    "captioner": build_captioner,  # task captioning: a caption decoder (its own contract: models/captioner.py)
 }
+FAMILY_TASK = {"clip4clip": "retrieval", "xpool": "retrieval", "tmass": "retrieval", "captioner": "captioning"}
 TEXT_CONDITIONED = ("xpool", "tmass")  # families whose video feature depends on the query text
 
 

@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.configio import set_path
 from calm_study.data.sources import check_all_videos, check_weights, preflight
+from calm_study.external import require_java
 from calm_study.names import METRIC_LOG, TRAIN_FOLDER, TRIAL_FILE, TUNE_FOLDER, run_name, trial_key
 from calm_study.progress import say
 from calm_study.study.identity import arm_id
@@ -46,6 +47,7 @@ from calm_study.training.fit import fit
 from calm_study.validate import absolute_paths, trial_from_dict, trial_to_dict
 
 DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node (1.0 there, absent elsewhere)
 
 
 class EpochLog(ray.train.UserCallback):
@@ -118,6 +120,23 @@ def _driver(config: dict) -> None:
     scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0, resources_per_worker=per_worker)
     loop_config = {k: trial[k] for k in ("trial", "key", "arm_id", "seed")}
     TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
+
+
+def driver_resources(study: Study) -> dict:
+    """What one trial's driver reserves: a token CPU, on the head node unless resources.drivers_on_head is false.
+
+    The Train controller runs on its driver's node (Ray Train V2). Pinned to the head, a lost worker node kills only
+    Train workers, which the living controller restarts from the checkpoint; a controller lost with its node leaves
+    its workers' placement group behind, and the restarted trial can wait for those CPUs forever."""
+    if not study.resources.drivers_on_head:
+        return {"cpu": DRIVER_CPUS}
+    head = [n for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})]
+    if head and head[0]["Resources"].get("CPU", 0) < DRIVER_CPUS:
+        raise StudyStateError("resources.drivers_on_head: the head node of this Ray cluster has no CPU for the trial "
+                              "drivers (they only wait on their workers: a hundredth of a CPU each); start it with "
+                              "some (`ray start --head --num-cpus 1`), or set resources.drivers_on_head false to "
+                              "let drivers run on any node")
+    return {"cpu": DRIVER_CPUS, HEAD_RESOURCE: 0.001} if head else {"cpu": DRIVER_CPUS}
 
 
 def _max_concurrent(study: Study) -> int:
@@ -230,6 +249,8 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
     source = f"study {study.name}"
     configs = [t.config for t in trials]
+    if any(c.task == "captioning" for c in configs):
+        require_java()  # METEOR and the PTB tokenizer score every captioning evaluation
     preflight(configs, source)  # every split's annotations
     check_weights(configs, source)  # a pretrained file loads
     check_all_videos(configs, source)  # every video once (remembered), the skip threshold, one batch of pairs
@@ -254,7 +275,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
             # The dashboard keeps the State API up, which Train V2 needs to free the placement groups of stopped
             # trials (docs/ray.md); it also serves the jobs API, so it stays bound to localhost.
             ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
-    trainable = ray.tune.with_resources(_driver, {"cpu": DRIVER_CPUS})
+    trainable = ray.tune.with_resources(_driver, driver_resources(study))
     tune_uri = files.storage.uri(study.name, TUNE_FOLDER)
     if ray.tune.Tuner.can_restore(tune_uri):
         say(f"resuming study {study.name} from {tune_uri}")

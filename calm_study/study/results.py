@@ -27,17 +27,21 @@ from calm_study.names import (
     LOSS_TERMS,
     RENAMED_TERMS,
     RESULTS_FILE,
+    SAMPLES,
+    SAMPLES_FILE,
     SKIPPED_VIDEOS,
     all_metric_names,
+    eval_key,
     eval_metrics_of,
     loss_column,
 )
 from calm_study.study.spec import Study, Trial
 from calm_study.validate import trial_to_dict
 
-# 2: arm_index, loss_align_dist. 3: task, model_family, lr_new (and stable arm ids). Every file has every column
-# below, with fixed types; older files read with the columns they lack as nulls.
-SCHEMA_VERSION = 3
+# 2: arm_index, loss_align_dist. 3: task, model_family, lr_new (and stable arm ids). 4: captioning metrics (CIDEr,
+# BLEU4, METEOR, ROUGE_L, trivial_CIDEr) and the caption_* config columns. Every file has every column below, with
+# fixed types; older files read with the columns they lack as nulls.
+SCHEMA_VERSION = 4
 
 # Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
 # variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema.
@@ -105,6 +109,7 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_i
                   if not k.startswith(EVAL_PREFIX) and k not in ("status", "checkpoint")}
         for ref in trial.config.data.eval:
             metrics = eval_metrics_of(rec, ref.label)
+            metrics.pop(SAMPLES, None)  # decoded captions: captions.json, not a column
             rows.append({
                 "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "arm_index": arm_index,
                 "seed": trial.seed,
@@ -153,6 +158,33 @@ def build_results(study: Study, trials: list[Trial], logs: dict[str, list[dict]]
         rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), trial_ids.get(t.key, ""),
                            order[t.arm_id])
     return conform(pd.DataFrame(rows))
+
+
+def caption_samples(trials: list[Trial], logs: dict[str, list[dict]]) -> dict:
+    """{trial key: {"arm_id", "seed", "epoch", "sets": {eval set: [{"video", "caption", "references"}]}}} from each
+    trial's last logged epoch that has decoded samples (captioning); {} when no trial has any."""
+    out = {}
+    for t in trials:
+        for rec in reversed(logs.get(t.key, [])):
+            sets = {ref.label: json.loads(rec[k]) for ref in t.config.data.eval
+                    if isinstance(rec.get(k := eval_key(ref.label, SAMPLES)), str)}
+            if sets:
+                out[t.key] = {"arm_id": t.arm_id, "seed": t.seed, "epoch": int(rec["epoch"]), "sets": sets}
+                break
+    return out
+
+
+def write_caption_samples(study: Study, trials: list[Trial], logs: dict[str, list[dict]]) -> Path | None:
+    """Write caption_samples to <results_dir>/<study>/captions.json (atomically); None when there are none."""
+    samples = caption_samples(trials, logs)
+    if not samples:
+        return None
+    path = Path(study.results_dir) / study.name / SAMPLES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{SAMPLES_FILE}")
+    tmp.write_text(json.dumps(samples, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def results_path(study: Study) -> Path:

@@ -69,6 +69,10 @@ class Resources:
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     gpus_per_worker: float = 0.0  # GPUs per worker; a fraction packs trials on one GPU (only with num_workers 1)
     max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's CPUs/GPUs fit
+    # Each trial's driver and Train controller on the head node: losing any other node then costs only Train workers,
+    # restarted from the last checkpoint (a controller lost with its node would strand its workers' reservation).
+    # false: drivers may run on any node.
+    drivers_on_head: bool = True
 
 
 @dataclass(frozen=True)

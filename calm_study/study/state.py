@@ -28,7 +28,13 @@ from calm_study.names import (
     key_of_run,
     run_name,
 )
-from calm_study.study.results import build_results, parse_metric_log, results_path, write_parquet_atomic
+from calm_study.study.results import (
+    build_results,
+    parse_metric_log,
+    results_path,
+    write_caption_samples,
+    write_parquet_atomic,
+)
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
 from calm_study.study.storage import Storage
 from calm_study.validate import config_differences, trial_from_dict, trial_to_dict
@@ -288,7 +294,9 @@ def write_study_results(study: Study, trials: list[Trial], trial_ids: dict[str, 
                         ) -> tuple[Path, StudyStatus]:
     """Build the Parquet from every trial's metric log and write it atomically; returns (its path, the status)."""
     status = study_status(study, trials, live=False)
-    df = build_results(study, trials, trial_logs(study, trials), status.statuses, trial_ids)
+    logs = trial_logs(study, trials)
+    df = build_results(study, trials, logs, status.statuses, trial_ids)
+    write_caption_samples(study, trials, logs)  # captioning: a few decoded captions per evaluation set
     return write_parquet_atomic(df, results_path(study)), status
 
 

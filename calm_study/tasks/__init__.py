@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from calm_study.config import TrialConfig
 from calm_study.tasks.base import Task
+from calm_study.tasks.captioning import CaptioningTask
 from calm_study.tasks.retrieval import RetrievalTask
 
-TASKS: dict[str, Callable[[TrialConfig], Task]] = {"retrieval": RetrievalTask}
+TASKS: dict[str, Callable[[TrialConfig], Task]] = {"retrieval": RetrievalTask, "captioning": CaptioningTask}
 
 
 def list_tasks() -> list[str]:

@@ -2,14 +2,23 @@
 
 Layout under ``root``::
 
-    MSRVTT_data.json            {"videos": [...], "sentences": [{"video_id", "caption", "sen_id"}, ...]}
+    MSRVTT_data.json            {"videos": [{"video_id", "split", ...}, ...],
+                                 "sentences": [{"video_id", "caption", "sen_id"}, ...]}
     MSRVTT_train.9k.csv         header "video_id", one id per line (9,000)
     MSRVTT_train.7k.csv         same (7,010: official train + validate)
     MSRVTT_JSFUSION_test.csv    key,vid_key,video_id,sentence (1,000 rows, the "1k-A" test split)
     videos/<video_id>.mp4
 
-Training splits get every caption of each video (20 in the release), test gets the single csv sentence per row, as
-in both reference loaders. The released mp4s are already trimmed to the annotated clip, so there is no window.
+Retrieval splits: ``train`` (9k) and ``train7k`` give every caption of each listed video (20 in the release);
+``test`` (1k-A) gives the single csv sentence of each row, as in both reference loaders.
+
+Captioning splits: ``caption_train``, ``caption_val`` and ``caption_test`` are the official MSR-VTT v1.0
+train / validate / test partition that captioning work reports on (6,513 / 497 / 2,990 videos). They need no csv:
+each entry of ``videos`` carries its partition in ``split`` ("train", "validate", "test"), and records follow the
+order of ``videos``. Every video of every captioning split, test included, keeps all of its captions in the file's
+sentence order, since captioning metrics score against all references.
+
+The released mp4s are already trimmed to the annotated clip, so there is no window.
 """
 
 from __future__ import annotations
@@ -27,7 +36,13 @@ SPLIT_FILES: dict[str, str] = {
     "train7k": "MSRVTT_train.7k.csv",
     "test": "MSRVTT_JSFUSION_test.csv",
 }
-SPLITS: tuple[str, ...] = tuple(SPLIT_FILES)
+# Captioning split name -> value of ``videos[i].split`` in MSRVTT_data.json.
+CAPTION_SPLITS: dict[str, str] = {
+    "caption_train": "train",
+    "caption_val": "validate",
+    "caption_test": "test",
+}
+SPLITS: tuple[str, ...] = (*SPLIT_FILES, *CAPTION_SPLITS)
 TEST_COLUMNS = ("video_id", "sentence")
 
 
@@ -67,9 +82,10 @@ def _read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def _captions_by_video(path: Path) -> dict[str, list[str]]:
-    """All captions of each video, in the file's sentence order."""
-    data = load_json(path)
+def _captions_by_video(path: Path, data: object = None) -> dict[str, list[str]]:
+    """All captions of each video, in the file's sentence order (``data``: the file already parsed, if it is)."""
+    if data is None:
+        data = load_json(path)
     sentences = data.get("sentences") if isinstance(data, dict) else None
     if not isinstance(sentences, list):
         raise ValueError(f"{path}: expected a JSON object with a 'sentences' list of "
@@ -124,13 +140,62 @@ def _read_test(split_file: Path, video_dir: Path) -> list[VideoRecord]:
     return records
 
 
+def _read_caption_split(root: Path, split: str, video_dir: Path) -> list[VideoRecord]:
+    """An official captioning split from ``videos[*].split``: all captions per video, in the order of ``videos``."""
+    path = _require(root / ANNOTATIONS, "annotation file")
+    data = load_json(path)
+    videos = data.get("videos") if isinstance(data, dict) else None
+    if not isinstance(videos, list):
+        found = "it has none" if videos is None else f"it is a {type(videos).__name__}"
+        raise ValueError(f"{path}: expected a JSON object with a 'videos' list of {{'video_id': ..., 'split': ...}} "
+                         f"entries (the official partition the captioning splits {', '.join(CAPTION_SPLITS)} are "
+                         f"read from), but {found}.")
+    valid = tuple(CAPTION_SPLITS.values())
+    wanted = CAPTION_SPLITS[split]
+    ids: list[str] = []
+    first_index: dict[str, int] = {}
+    for i, v in enumerate(videos):
+        if not (isinstance(v, dict) and isinstance(v.get("video_id"), str) and isinstance(v.get("split"), str)):
+            raise ValueError(f"{path}: videos[{i}] must be an object with string 'video_id' and 'split', "
+                             f"got {v!r:.200}.")
+        if v["split"] not in valid:
+            raise ValueError(f"{path}: videos[{i}] ({v['video_id']!r}) has split {v['split']!r}; "
+                             f"valid values are {', '.join(repr(x) for x in valid)}.")
+        if v["split"] != wanted:
+            continue
+        vid = v["video_id"]
+        if vid in first_index:
+            raise ValueError(f"{path}: videos[{i}] repeats video {vid!r} of videos[{first_index[vid]}] in the "
+                             f"{wanted!r} split; each video must appear once.")
+        first_index[vid] = i
+        ids.append(vid)
+    if not ids:
+        raise ValueError(f"{path}: no entry of 'videos' has split {wanted!r}, so the MSR-VTT {split!r} split is "
+                         f"empty; {', '.join(f'{k} reads {v!r}' for k, v in CAPTION_SPLITS.items())}.")
+    captions = _captions_by_video(path, data)
+    records = []
+    for vid in ids:
+        if vid not in captions:
+            raise ValueError(f"{path}: video {vid!r} (videos[{first_index[vid]}], split {wanted!r}) has no captions "
+                             "(no 'sentences' entry with that video_id); every captioning video needs its "
+                             "references.")
+        records.append(VideoRecord(vid, video_dir / f"{vid}.mp4", tuple(captions[vid])))
+    return records
+
+
 def read(root: str | Path, split: str, videos_dir: str | None = None) -> list[VideoRecord]:
-    """MSR-VTT records of ``split`` ('train' = 9k, 'train7k', 'test' = 1k-A); videos need not exist."""
-    if split not in SPLIT_FILES:
+    """MSR-VTT records of ``split``; videos need not exist.
+
+    Retrieval: 'train' = 9k, 'train7k', 'test' = 1k-A (from the csvs). Captioning: 'caption_train',
+    'caption_val', 'caption_test' (the official partition in MSRVTT_data.json, all captions per video).
+    """
+    if split not in SPLITS:
         raise ValueError(f"unknown MSR-VTT split {split!r}; valid: {', '.join(SPLITS)}")
     root = Path(root)
-    split_file = _require(root / SPLIT_FILES[split], f"{split!r} split file")
     video_dir = root / (videos_dir or "videos")
+    if split in CAPTION_SPLITS:
+        return _read_caption_split(root, split, video_dir)
+    split_file = _require(root / SPLIT_FILES[split], f"{split!r} split file")
     records = _read_train(root, split_file, video_dir) if split != "test" else _read_test(split_file, video_dir)
     if not records:
         raise ValueError(f"{split_file}: the MSR-VTT {split!r} split lists no videos (header only?).")

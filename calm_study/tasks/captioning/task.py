@@ -1,0 +1,85 @@
+"""Task `captioning`: (video, caption) pairs, a label-smoothed next-token cross-entropy, decoded captions scored
+against every reference of each video.
+
+Training uses every caption of every video as one pair (as for retrieval); evaluation decodes one caption per video
+from the video alone and scores it with caption_metrics. Each evaluation also reports trivial_CIDEr, the CIDEr of
+always answering the most frequent training caption: a trained model must clear it by far.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from calm_study.config import TrialConfig
+from calm_study.data.dataset import EvalVideos, TrainPairs, collate
+from calm_study.data.records import VideoRecord
+from calm_study.external import require_java
+from calm_study.models.captioner import IGNORE, CaptionModel
+from calm_study.names import CAPTIONING_METRICS, SAMPLES
+from calm_study.tasks.base import Terms
+from calm_study.tasks.captioning.metrics import caption_metrics
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy over the caption tokens: logits (B, L, V), labels (B, L), IGNORE = padding."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                           label_smoothing=label_smoothing)
+
+
+def most_frequent_caption(records: Sequence[VideoRecord]) -> str:
+    """The caption that occurs most often over all training pairs (the first seen among ties)."""
+    counts = Counter(c.strip() for r in records for c in r.captions)
+    return counts.most_common(1)[0][0] if counts else ""
+
+
+class CaptioningTask:
+    name = "captioning"
+    metric_names = CAPTIONING_METRICS
+
+    def __init__(self, cfg: TrialConfig):
+        self.cfg = cfg
+        self.trivial_caption = ""
+        self._trivial: dict[int, float] = {}  # id(eval items) -> trivial CIDEr, computed once per set
+        require_java()  # before any training: METEOR and the PTB tokenizer are Java programs
+
+    def train_items(self, records: Sequence[VideoRecord], **video) -> Dataset:
+        self.trivial_caption = most_frequent_caption(records)
+        return TrainPairs(records, **video)
+
+    def eval_items(self, records: Sequence[VideoRecord], **video) -> Dataset:
+        return EvalVideos(records, **video)  # every video once, with all its reference captions
+
+    def loss_terms(self, model: CaptionModel, out: dict) -> Terms:
+        return {"task": caption_loss(out["logits"], out["labels"], self.cfg.caption.label_smoothing)}
+
+    def term_weights(self) -> dict[str, float]:
+        return {"task": self.cfg.loss.task_weight}
+
+    def evaluate(self, model: CaptionModel, items: EvalVideos, device: torch.device, batch_size: int) -> dict:
+        """Decode every video, score against all its references; plus trivial_CIDEr and a few decoded samples."""
+        loader = DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        was_training = model.training
+        model.eval()
+        hypotheses: dict[str, str] = {}
+        for batch in loader:
+            ids = model.generate(batch["frames"].to(device), batch["mask"].to(device))
+            for i, tokens in zip(batch["video_index"].tolist(), ids):
+                hypotheses[str(i)] = model.detokenize(tokens)
+        model.train(was_training)
+        references = {str(i): list(r.captions) for i, r in enumerate(items.records)}
+        metrics: dict = caption_metrics(references, hypotheses)
+        if id(items) not in self._trivial:
+            self._trivial[id(items)] = caption_metrics(
+                references, dict.fromkeys(references, self.trivial_caption or "a"))["CIDEr"]
+        metrics["trivial_CIDEr"] = self._trivial[id(items)]
+        # A JSON string, not a list: every reported value stays a scalar for Ray Tune's loggers.
+        metrics[SAMPLES] = json.dumps([{"video": r.video_id, "caption": hypotheses[str(i)],
+                                        "references": list(r.captions[:3])}
+                                       for i, r in enumerate(items.records[: self.cfg.caption.samples])])
+        return metrics

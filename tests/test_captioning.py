@@ -1,0 +1,223 @@
+"""Task captioning: the decoder, decoding, the caption metrics, the task on the real pipeline (calm-tiny)."""
+
+import copy
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from calm_study.configio import ConfigError
+from calm_study.external import JavaMissingError, require_java
+from calm_study.models.caption_decoder import CaptionDecoder, beam_search, greedy
+from calm_study.models.captioner import IGNORE, build_captioner, shift
+from calm_study.tasks.captioning.metrics import caption_metrics
+from calm_study.tasks.captioning.task import caption_loss, most_frequent_caption
+from calm_study.validate import trial_from_dict
+
+BOS, EOS = 4, 5
+
+
+def small_decoder(vocab=6, width=16, seed=0) -> CaptionDecoder:
+    torch.manual_seed(seed)
+    return CaptionDecoder(torch.randn(vocab, width), frame_dim=12, layers=2, heads=4, dropout=0.1).eval()
+
+
+def test_decoder_is_causal_a_later_token_never_changes_an_earlier_positions_logits():
+    dec = small_decoder(vocab=30)
+    frames, mask = torch.randn(2, 3, 12), torch.tensor([[True, True, False], [True, True, True]])
+    tokens = torch.randint(0, 30, (2, 7))
+    base = dec(dec.encode_frames(frames), mask, tokens)  # (2, 7, 30)
+    for pos in range(1, 7):
+        changed = tokens.clone()
+        changed[:, pos] = (changed[:, pos] + 1) % 30
+        out = dec(dec.encode_frames(frames), mask, changed)
+        torch.testing.assert_close(out[:, :pos], base[:, :pos])  # earlier positions: identical
+        assert not torch.allclose(out[:, pos], base[:, pos])  # the changed position itself does see its token
+
+
+def test_decoder_ignores_padded_frames_and_sees_real_ones():
+    dec = small_decoder(vocab=30)
+    frames, tokens = torch.randn(1, 3, 12), torch.randint(0, 30, (1, 5))
+    mask = torch.tensor([[True, True, False]])
+    base = dec(dec.encode_frames(frames), mask, tokens)
+    other = frames.clone()
+    other[0, 2] += 5.0  # a padded frame: no effect
+    torch.testing.assert_close(dec(dec.encode_frames(other), mask, tokens), base)
+    other[0, 0] += 5.0  # a real frame: changes the logits
+    assert not torch.allclose(dec(dec.encode_frames(other), mask, tokens), base)
+
+
+def test_word_embedding_and_output_layer_start_as_clips_token_embedding():
+    table = torch.randn(9, 8)
+    dec = CaptionDecoder(table, frame_dim=8, layers=1, heads=2, dropout=0.0)
+    torch.testing.assert_close(dec.word.weight.data, table)
+    torch.testing.assert_close(dec.out.weight.data, table)
+    assert dec.word.weight.data_ptr() != dec.out.weight.data_ptr()  # copies, trained separately
+
+
+def test_beam_search_with_beam_1_equals_greedy():
+    for seed in range(3):
+        dec = small_decoder(vocab=40, seed=seed)
+        frames = dec.encode_frames(torch.randn(4, 3, 12))
+        mask = torch.ones(4, 3, dtype=torch.bool)
+        assert beam_search(dec, frames, mask, BOS, EOS, 9, beam_size=1) == greedy(dec, frames, mask, BOS, EOS, 9)
+
+
+def _log_prob(dec, frames, mask, ids, max_length):
+    """log p of a caption (ids between BOS and EOS) ending in EOS, or cut at max_length, computed directly."""
+    seq = [BOS] + ids + ([EOS] if len(ids) + 2 <= max_length else [])
+    with torch.no_grad():
+        logits = dec(frames, mask, torch.tensor([seq[:-1]]))[0].log_softmax(-1)
+    return sum(float(logits[i, t]) for i, t in enumerate(seq[1:])), len(seq) - 1
+
+
+def test_wide_beam_search_finds_the_exhaustive_best_caption():
+    """With a beam as wide as every prefix, beam search must return the best caption found by enumeration."""
+    dec = small_decoder(vocab=6, seed=1)
+    frames = dec.encode_frames(torch.randn(1, 3, 12))
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    max_length, words = 4, [0, 1, 2, 3, BOS]  # BOS + up to 3 more tokens; any token but EOS inside a caption
+    for penalty in (0.0, 1.0):
+        best, best_ids = -math.inf, None
+        for n in range(0, max_length):
+            for ids in itertools.product(words, repeat=n):
+                lp, length = _log_prob(dec, frames, mask, list(ids), max_length)  # n = 3: cut, no EOS
+                score = lp / length ** penalty
+                if score > best:
+                    best, best_ids = score, list(ids)
+        got = beam_search(dec, frames, mask, BOS, EOS, max_length, beam_size=6 ** 3, length_penalty=penalty)
+        assert got == [best_ids], penalty
+
+
+def test_shift_makes_next_token_labels_and_ignores_padding():
+    tokens = torch.tensor([[49406, 10, 11, 49407, 0, 0], [49406, 12, 49407, 0, 0, 0]])
+    inputs, labels = shift(tokens, eos=49407)
+    assert inputs.tolist() == [[49406, 10, 11], [49406, 12, 49407]]
+    assert labels.tolist() == [[10, 11, 49407], [12, 49407, IGNORE]]
+
+
+def test_caption_loss_is_label_smoothed_cross_entropy_over_real_tokens_only():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 3, 7), torch.tensor([[1, 2, 3], [4, IGNORE, IGNORE]])
+    eps, got = 0.1, caption_loss(logits, labels, 0.1)
+    terms = []
+    for b, t in [(0, 0), (0, 1), (0, 2), (1, 0)]:  # the obvious way: per real token, (1-ε)·NLL + ε·mean NLL
+        logp = logits[b, t].log_softmax(-1)
+        terms.append((1 - eps) * -logp[labels[b, t]] + eps * -logp.mean())
+    torch.testing.assert_close(got, torch.stack(terms).mean())
+
+
+def test_most_frequent_caption_counts_every_training_pair():
+    from calm_study.data.records import VideoRecord
+
+    recs = [VideoRecord("a", "a.mp4", ("x y", "a dog runs")), VideoRecord("b", "b.mp4", ("a dog runs", "z"))]
+    assert most_frequent_caption(recs) == "a dog runs"
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------------
+REFS = {"v1": ["A man is playing a guitar.", "Someone plays the guitar on stage!", "a man plays guitar"],
+        "v2": ["A woman is slicing an onion.", "a person cuts an onion in the kitchen", "Woman chopping onions."],
+        "v3": ["Two dogs run across a field.", "dogs are running on the grass", "two dogs playing outside"]}
+HYPS = {"v1": "a man is playing the guitar", "v2": "a woman is cutting an onion", "v3": "a dog runs in a field"}
+
+
+def test_caption_metrics_equal_pycocoevalcaps_scorers_called_directly():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
+    res = tok.tokenize({k: [{"caption": h}] for k, h in HYPS.items()})
+    direct = {"BLEU4": Bleu(4).compute_score(gts, res, verbose=0)[0][3], "METEOR": Meteor().compute_score(gts, res)[0],
+              "ROUGE_L": Rouge().compute_score(gts, res)[0], "CIDEr": Cider().compute_score(gts, res)[0]}
+    ours = caption_metrics(REFS, HYPS)
+    assert set(ours) == {"BLEU4", "METEOR", "ROUGE_L", "CIDEr"}
+    for name, value in direct.items():
+        assert ours[name] == pytest.approx(100 * value, abs=1e-9), name
+    assert 0 < ours["BLEU4"] < 100 and ours["CIDEr"] > 0
+
+
+def test_a_hypothesis_equal_to_a_reference_scores_full_bleu_and_rouge():
+    refs = {"v1": ["a man is playing a guitar", "someone plays music"], "v2": ["a woman slices an onion", "cooking"]}
+    ours = caption_metrics(refs, {"v1": "A man is playing a guitar.", "v2": "a woman slices an onion"})
+    assert ours["BLEU4"] == pytest.approx(100.0, abs=1e-6)
+    assert ours["ROUGE_L"] == pytest.approx(100.0, abs=1e-6)  # PTB tokenisation drops case and punctuation
+
+
+def test_caption_metrics_refuse_mismatched_videos():
+    with pytest.raises(ValueError, match="same videos"):
+        caption_metrics({"a": ["x"]}, {"b": "x"})
+
+
+def test_missing_java_is_named_before_anything_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java here
+    with pytest.raises(JavaMissingError, match="needs Java.*PTB tokenizer.*METEOR"):
+        require_java()
+
+
+# ---- configs and the real pipeline --------------------------------------------------------------------------------
+@pytest.fixture
+def caption_doc(tiny_doc):
+    doc = copy.deepcopy(tiny_doc)
+    doc.update(task="captioning", caption={"max_length": 12})
+    doc["model"]["family"] = "captioner"
+    doc["loss"] = {"align": "vae"}
+    return doc
+
+
+def errors_of(doc) -> str:
+    with pytest.raises(ConfigError) as e:
+        trial_from_dict(doc)
+    return str(e.value)
+
+
+def test_task_and_family_must_match(caption_doc):
+    doc = copy.deepcopy(caption_doc)
+    doc["model"]["family"] = "tmass"
+    assert "model.family: 'tmass' is a retrieval model and cannot do task 'captioning'; families for captioning: " \
+           "captioner" in errors_of(doc)
+    doc = copy.deepcopy(caption_doc)
+    doc["task"] = "retrieval"
+    assert "'captioner' is a captioning model and cannot do task 'retrieval'" in errors_of(doc)
+
+
+def test_caption_knobs_are_checked_all_at_once(caption_doc):
+    caption_doc["caption"] = {"beam_size": 0, "label_smoothing": 1.0, "max_length": 1}
+    message = errors_of(caption_doc)
+    for part in ("caption.beam_size: 0 must be >= 1", "caption.label_smoothing: 1.0 must be in [0, 1)",
+                 "caption.max_length: 1 must be >= 2"):
+        assert part in message
+
+
+def test_baseline_captioner_freezes_what_no_loss_reaches(caption_doc):
+    caption_doc["anchors"] = {"count": 0}
+    caption_doc["loss"] = {"align": "none"}
+    model = build_captioner(trial_from_dict(caption_doc))
+    groups = model.param_groups()
+    trained = {id(p) for ps in groups.values() for p in ps}
+    names = {n for n, p in model.named_parameters() if id(p) in trained}
+    assert any(n.startswith("backbone.clip.visual.") for n in names) and any(n.startswith("decoder.") for n in names)
+    assert not any(n.startswith("backbone.clip.transformer.") or n == "backbone.clip.logit_scale" for n in names)
+
+
+def test_fit_trains_and_decodes_with_calm_and_reports_caption_metrics(caption_doc):
+    from calm_study.names import CAPTIONING_METRICS, SAMPLES, eval_key
+    from calm_study.training.fit import fit
+
+    cfg = trial_from_dict(caption_doc)
+    reports = []
+    last = fit(cfg, lambda metrics, ckpt: reports.append((metrics, ckpt)))
+    assert [m["epoch"] for m, _ in reports] == [1, 2]
+    label = cfg.data.eval[0].label
+    for name in CAPTIONING_METRICS:
+        assert math.isfinite(last[eval_key(label, name)])
+    assert {"loss_task", "loss_align_rec", "loss_align_kl"} <= set(last)
+    samples = json.loads(last[eval_key(label, SAMPLES)])
+    assert len(samples) == cfg.caption.samples and all(s["references"] and isinstance(s["caption"], str)
+                                                       for s in samples)
+    assert last[eval_key(label, "trivial_CIDEr")] > 0
