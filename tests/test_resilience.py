@@ -235,3 +235,31 @@ def test_optuna_study_resumes_after_a_driver_kill_with_num_samples_trials(tmp_pa
     assert not df.duplicated(["arm_id", "seed", "epoch", "eval_set"]).any()
     for key, epochs in epoch_lines(tmp_path, "hpo_kill").items():
         assert epochs == list(range(1, len(epochs) + 1)), (key, epochs)  # no epoch logged twice
+
+
+def test_captioning_study_killed_mid_study_resumes_and_keeps_decoded_samples(tmp_path, data_cache):
+    path = write_study(tmp_path, data_cache, "captions", epochs=3,
+                       combinations=[{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}],
+                       metric={"name": "CIDEr"})
+    study = yaml.safe_load(path.read_text())
+    study["base"].update(task="captioning", caption={"max_length": 12, "samples": 3})
+    study["base"]["model"]["family"] = "captioner"
+    path.write_text(yaml.safe_dump(study))
+    proc = start(path, tmp_path)
+    wait_for(lambda: any(len(e) >= 1 for e in epoch_lines(tmp_path, "captions").values()))
+    kill_tree(proc, tmp_path)
+    before = epoch_lines(tmp_path, "captions")
+    assert all(len(e) < 3 for e in before.values())
+
+    proc = start(path, tmp_path)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming study captions" in out and "resumed from" in out
+    for key, epochs in epoch_lines(tmp_path, "captions").items():
+        assert epochs == [1, 2, 3], (key, epochs)
+    df = check_complete(tmp_path, "captions", trials=2, epochs=3)
+    assert set(df.task) == {"captioning"} and df[["CIDEr", "BLEU4", "METEOR", "ROUGE_L"]].notna().all().all()
+    assert df.t2v_R1.isna().all()
+    samples = json.loads((tmp_path / "results" / "captions" / "captions.json").read_text())
+    assert set(samples) == set(df.trial_key) and all(s["epoch"] == 3 for s in samples.values())
+    assert all(len(v) == 3 for s in samples.values() for v in s["sets"].values())
