@@ -8,7 +8,11 @@ run Java: `require_java` says so before any training starts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from calm_study.external import require_java
 from calm_study.names import CAPTION_METRICS
@@ -26,12 +30,37 @@ def _meteor_scorer():
     return _meteor
 
 
+@contextmanager
+def _java_stderr_captured() -> Iterator[Callable[[], str]]:
+    """Point file descriptor 2 at a temporary file while a Java helper runs: the PTB tokenizer prints a statistics
+    line to stderr on every call, which would fill the console with one line per evaluation set and epoch. Yields a
+    function returning what was captured, for error messages."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: (tmp.seek(0), tmp.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def ptb_tokenize(texts: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """{key: [sentence, ...]} -> the same, PTB-tokenised (lower case, punctuation removed)."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     require_java()
-    return PTBTokenizer().tokenize({k: [{"caption": s} for s in v] for k, v in texts.items()})
+    with _java_stderr_captured() as captured:
+        try:
+            out = PTBTokenizer().tokenize({k: [{"caption": s} for s in v] for k, v in texts.items()})
+        except Exception as e:
+            raise RuntimeError(f"pycocoevalcap's PTB tokenizer (Java) failed: {e}; its output: "
+                               f"{captured()[-2000:] or '(none)'}") from e
+        if set(out) != set(texts):
+            raise RuntimeError(f"pycocoevalcap's PTB tokenizer (Java) returned {len(out)} of {len(texts)} entries; "
+                               f"its output: {captured()[-2000:] or '(none)'}")
+    return out
 
 
 def caption_metrics(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]) -> dict[str, float]:
