@@ -4,6 +4,7 @@ import copy
 import itertools
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -221,3 +222,19 @@ def test_fit_trains_and_decodes_with_calm_and_reports_caption_metrics(caption_do
     assert len(samples) == cfg.caption.samples and all(s["references"] and isinstance(s["caption"], str)
                                                        for s in samples)
     assert last[eval_key(label, "trivial_CIDEr")] > 0
+
+
+def test_run_without_java_stops_before_ray_and_creates_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": str(tmp_path / "bin")}  # a PATH without java
+    out = subprocess.run([sys.executable, "-m", "calm_study", "run", "studies/captioning.yaml", "--preset", "demo",
+                          "--set", f"storage={tmp_path / 'runs'}", "--set", f"results_dir={tmp_path / 'results'}"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "needs Java" in out.stderr and "nothing was trained" in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    assert "Ray" not in out.stdout

@@ -239,6 +239,8 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     trials = expand(study)
     files = StudyFiles(study)
     # Every check first, cheapest first: nothing is moved, created or started before they have all passed.
+    if any(t.config.task == "captioning" for t in trials):
+        require_java()  # METEOR and the PTB tokenizer score every captioning evaluation
     if not address:
         import torch
 
@@ -249,8 +251,6 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
     source = f"study {study.name}"
     configs = [t.config for t in trials]
-    if any(c.task == "captioning" for c in configs):
-        require_java()  # METEOR and the PTB tokenizer score every captioning evaluation
     preflight(configs, source)  # every split's annotations
     check_weights(configs, source)  # a pretrained file loads
     check_all_videos(configs, source)  # every video once (remembered), the skip threshold, one batch of pairs
