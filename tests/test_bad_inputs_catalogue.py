@@ -243,6 +243,9 @@ CASES = [
     # Values of the trial config: names (with a "did you mean")
     case("family-unknown", validate("model.family=tmas"), "model.family: 'tmas' is not valid (did you mean 'tmass'?)",
          group="trial"),
+    case("family-task-mismatch", validate("task=captioning", "metric.name=CIDEr"),
+         "model.family: 'clip4clip' is a retrieval model and cannot do task 'captioning'; families for captioning: "
+         "captioner"),
     case("task-unknown", validate("task=retreival"), "task: 'retreival' is not valid (did you mean 'retrieval'?)",
          group="trial"),
     case("temporal-unknown", validate("model.temporal=transfromer"),
@@ -307,6 +310,9 @@ CASES = [
     case("data-env-root-missing", run(*MSRVTT, prep=lambda tmp: (tmp / "data").mkdir()),
          "$CALM_STUDY_DATA/msrvtt: the folder", "data/msrvtt' does not exist (needed for 'msrvtt-train')",
          env=(("CALM_STUDY_DATA", "{tmp}/data"),)),
+    case("java-missing", run("task=captioning", "model.family=captioner", "metric.name=CIDEr"),
+         "task captioning needs Java", "no `java` is on PATH", "nothing was trained",
+         env=(("PATH", "{tmp}/no-java"),)),
     case("data-root-not-set", run(*MSRVTT),
          "data.roots.msrvtt is not set (nor CALM_STUDY_DATA); it is needed for 'msrvtt-train'"),
     case("annotations-missing", run(*MSRVTT, "data.roots.msrvtt={tmp}/msrvtt",

@@ -2,6 +2,7 @@
 
     from calm_study.report import write_report, main_table
     path, text = write_report("anchor_ablation")          # results/anchor_ablation/_report/report.md (+ csv, tex, png)
+                                                           # (+ captions.md for a captioning study with captions.json)
     print(main_table(df, "anchor_ablation"))               # the first applicable table, as text (end of a run)
 
 Every cell aggregates over seeds (mean, sd, n, 95% t-interval; stats.py); comparisons with the baseline row are paired
@@ -104,6 +105,11 @@ def write_report(study_name: str, results_dir: str | Path = "results", epoch: st
     from calm_study.report.optuna_section import optuna_section
 
     parts += optuna_section(study_name, Path(results_dir) / study_name / "_optuna.db", out)
+    from calm_study.names import SAMPLES_FILE
+    from calm_study.report.captioning import write_samples
+
+    # Captioning: the decoded captions beside their references (captions.md), when the study recorded any.
+    parts += write_samples(Path(results_dir) / study_name / SAMPLES_FILE, out, study_name)
     parts += ["## The paper's numbers in this repository", ""]
     parts += [f"- {line}" for line in paper.status_lines()]
     path = out / "report.md"

@@ -25,6 +25,8 @@ FOOTNOTE = "error bars: 95% t-interval over seeds (none where a cell has one see
 def _y_label(table: Table) -> str:
     if table.key == "drops":
         return "R@1 drop, in-domain − out-of-domain (points)"
+    if any(m.name == "CIDEr" and m.plot for m in table.metrics):
+        return "CIDEr (×100)"
     return "text→video R@1 (%)"
 
 

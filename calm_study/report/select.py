@@ -3,9 +3,10 @@
 Epoch rules (every table caption names the one used):
 - "final" (default): each trial's last epoch (epoch == epochs). Trials that did not get there (incomplete, error,
   diverged) are excluded and counted.
-- "best": per trial, the epoch with the best t2v R@1 on its in-domain *validation* set (eval_split "val"); the test
-  sets are read at that epoch. A study without a validation set is refused: choosing the epoch on the test set would
-  report an optimistically biased number.
+- "best": per trial, the epoch with the best validation score of the task (names.SELECT_METRIC: t2v R@1 for
+  retrieval, CIDEr for captioning) on its in-domain *validation* set (eval_split "val", "validation" or MSR-VTT's
+  "caption_val"); the test sets are read at that epoch. A study without a validation set is refused: choosing the
+  epoch on the test set would report an optimistically biased number.
 - an integer N: epoch N of every trial that has it.
 
 Baseline of an arm: among the arms of the same model family trained on the same data (`model_family`,
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from calm_study.configio import flatten
+from calm_study.names import SELECT_METRIC
 
-VAL_SPLITS = ("val", "validation")
-SELECT_METRIC = "t2v_R1"  # what "best" maximises on the validation set
+VAL_SPLITS = ("val", "validation", "caption_val")  # caption_val: MSR-VTT's official 497-video captioning split
 TRIAL = ["arm_id", "seed"]
 
 
@@ -45,6 +46,14 @@ class Selection:
 
 def _reached_final(df: pd.DataFrame) -> pd.Series:
     return (df.epoch == df.epochs) & (df.epoch_status.fillna("") != "diverged")
+
+
+def task_of(df: pd.DataFrame) -> str:
+    """The one task of a study's rows; rows without a task (files before schema 3) are retrieval."""
+    tasks = set(df.task.astype(object).fillna("retrieval")) if "task" in df else {"retrieval"}
+    if len(tasks) > 1:  # one table cannot hold recall and CIDEr side by side; such a study has no single report
+        raise ReportError(f"the rows mix tasks ({', '.join(sorted(tasks))}); report one task per study")
+    return next(iter(tasks), "retrieval")
 
 
 def _excluded(df: pd.DataFrame, kept: pd.DataFrame) -> dict[str, int]:
@@ -76,17 +85,19 @@ def _best(df: pd.DataFrame) -> Selection:
     if val.empty:
         sets = ", ".join(f"{s} ({sp})" for s, sp in df.drop_duplicates("eval_set")[["eval_set", "eval_split"]].values)
         raise ReportError(
-            "epoch='best' needs an in-domain validation set (an evaluation set with split 'val') to choose each "
-            f"trial's epoch on; this study evaluates on: {sets}. Choosing the epoch on a test set would bias every "
-            "number upwards: use epoch='final', or add a validation split to data.eval and re-run")
+            "epoch='best' needs an in-domain validation set (an evaluation set with split 'val', or 'caption_val' "
+            f"for MSR-VTT captioning) to choose each trial's epoch on; this study evaluates on: {sets}. Choosing the "
+            "epoch on a test set would bias every number upwards: use epoch='final', or add a validation split to "
+            "data.eval and re-run")
+    metric = SELECT_METRIC[task_of(df)]
     done = df[_reached_final(df)].drop_duplicates(TRIAL)[TRIAL]
-    val = val.merge(done, on=TRIAL).dropna(subset=[SELECT_METRIC])
+    val = val.merge(done, on=TRIAL).dropna(subset=[metric])
     # Earliest epoch among ties: a stable sort by epoch, then the first maximum per trial.
-    best = (val.sort_values(TRIAL + ["epoch"]).sort_values(SELECT_METRIC, ascending=False, kind="stable")
+    best = (val.sort_values(TRIAL + ["epoch"]).sort_values(metric, ascending=False, kind="stable")
             .drop_duplicates(TRIAL)[TRIAL + ["epoch"]])
     rows = df.merge(best, on=TRIAL + ["epoch"])
     names = ", ".join(sorted(val.eval_set.unique()))
-    label = f"best epoch per trial by validation {SELECT_METRIC.replace('_', ' ')} on {names} (labelled 'best')"
+    label = f"best epoch per trial by validation {metric.replace('_', ' ')} on {names} (labelled 'best')"
     return Selection(rows.reset_index(drop=True), label, _excluded(df, rows))
 
 

@@ -8,6 +8,7 @@
   in-domain to out-of-domain R@1 (cells.domain_drop), averaged over the training sets.
 - Sensitivity: in-domain R@1 against each swept numeric key with at least two values besides the baseline.
 - Otherwise one row per arm with in-domain R@1, R@5, MnR.
+- Captioning studies (task `captioning`): the Tables 4-5 layout instead, one table per training set (captioning.py).
 Label columns: a layout's own columns plus any other swept column needed to tell its rows apart.
 """
 
@@ -28,6 +29,7 @@ from calm_study.report.select import (
     select_epoch,
     swept_columns,
     swept_values,
+    task_of,
 )
 
 STATS = "mean ± sd over seeds; n = seeds; 95% t-interval; Δ = paired-by-seed difference from the baseline row"
@@ -52,6 +54,10 @@ def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selectio
     if sel.rows.in_domain.isna().all():
         raise ReportError("these results do not say which evaluation sets are in-domain (a Parquet written before "
                           "the in_domain column): run the study again to rebuild it from its metric logs")
+    if task_of(sel.rows) == "captioning":  # B@4 ... CIDEr per test set: trial_values reads recall only
+        from calm_study.report.captioning import captioning_tables  # imported here: it reads STATS from this module
+
+        return sel, _note_skipped(sel.rows, captioning_tables(sel, df))
     vals = trial_values(sel)
     arms = arm_frame(sel.rows)
     swept = swept_columns(df)
@@ -78,10 +84,14 @@ def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selectio
             tables.append(_in_domain_table(sel, vals, arms, swept, f"sensitivity_{col}", [col], x=col))
     if not tables:
         tables.append(_in_domain_table(sel, vals, arms, swept, "arms", []))
-    skipped = _skipped(sel.rows)
+    return sel, _note_skipped(sel.rows, tables)
+
+
+def _note_skipped(rows: pd.DataFrame, tables: list[Table]) -> list[Table]:
+    skipped = _skipped(rows)
     for table in tables if skipped else []:
         table.notes.append(skipped)
-    return sel, tables
+    return tables
 
 
 def _skipped(rows: pd.DataFrame) -> str:
