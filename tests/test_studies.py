@@ -72,6 +72,29 @@ def test_shipped_studies_without_a_preset_are_the_papers_experiments(name):
     assert all(t.config.model.clip == "calm-tiny" and t.config.data.train.dataset == "synthetic" for t in demo)
 
 
+def test_captioning_study_is_tables_4_and_5():
+    trials = expand(load_study(STUDIES[0].parent / "captioning.yaml"))
+    cells = {(t.config.data.train.dataset, t.config.data.train.split, t.config.loss.align, t.config.anchors.count)
+             for t in trials}
+    assert cells == {("msrvtt", "caption_train", "none", 0), ("msrvtt", "caption_train", "vae", 157),
+                     ("msvd", "train", "none", 0), ("msvd", "train", "vae", 157)}
+    for t in trials:
+        c = t.config
+        assert (c.task, c.model.family, c.model.clip, c.model.pretrained) == ("captioning", "captioner",
+                                                                               "ViT-B-32-quickgelu", "openai")
+        assert (c.data.num_frames, c.train.batch_size, c.train.epochs) == (12, 128, 20)
+        assert (c.caption.layers, c.caption.heads, c.caption.label_smoothing, c.caption.beam_size) == (2, 8, 0.1, 1)
+        assert (c.vae.latent_dim, c.loss.alpha) == (256, 0.1)
+        # in-domain and both cross-domain directions, with validation sets to choose epochs on (never test)
+        assert [(e.dataset, e.split) for e in c.data.eval] == [("msrvtt", "caption_val"), ("msrvtt", "caption_test"),
+                                                               ("msvd", "val"), ("msvd", "test")]
+    study = load_study(STUDIES[0].parent / "captioning.yaml")
+    assert (study.metric.name, study.metric.eval_set) == ("CIDEr", "msrvtt-val")
+    demo = expand(load_study(STUDIES[0].parent / "captioning.yaml", "demo"))
+    assert len(demo) == 4 and all(t.config.model.clip == "calm-tiny" and t.config.data.train.dataset == "synthetic"
+                                  for t in demo)
+
+
 def test_sensitivity_varies_one_axis_at_a_time_around_the_papers_setting():
     trials = expand(load_study(STUDIES[0].parent / "sensitivity.yaml"))
     axes = {}
