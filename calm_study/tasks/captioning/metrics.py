@@ -63,6 +63,19 @@ def ptb_tokenize(texts: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     return out
 
 
+_references: dict[tuple, dict[str, list[str]]] = {}  # an evaluation set's references, tokenised once per process
+
+
+def _tokenized_references(references: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The same references are scored every epoch: each Java tokenizer run costs about a second, so keep them."""
+    key = tuple((k, tuple(v)) for k, v in sorted(references.items()))
+    if key not in _references:
+        if len(_references) >= 8:
+            _references.pop(next(iter(_references)))
+        _references[key] = ptb_tokenize(references)
+    return _references[key]
+
+
 def caption_metrics(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]) -> dict[str, float]:
     """{video: [reference, ...]} and {video: hypothesis} (the same keys) -> {CIDEr, BLEU4, METEOR, ROUGE_L} x100."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -75,7 +88,7 @@ def caption_metrics(references: Mapping[str, Sequence[str]], hypotheses: Mapping
         raise ValueError("caption_metrics: no videos to score")
     if any(not refs for refs in references.values()):
         raise ValueError("caption_metrics: every video needs at least one reference")
-    gts = ptb_tokenize(references)
+    gts = _tokenized_references(references)
     res = ptb_tokenize({k: [h] for k, h in hypotheses.items()})
     scores = {
         "CIDEr": Cider().compute_score(gts, res)[0],
