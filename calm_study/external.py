@@ -14,6 +14,6 @@ def require_java() -> None:
     if shutil.which("java") is None:
         raise JavaMissingError(
             "task captioning needs Java: pycocoevalcap's PTB tokenizer (Stanford CoreNLP) and METEOR 1.5 are Java "
-            "programs, and no `java` is on PATH. Install a Java runtime (e.g. `apt-get install default-jre-headless` "
-            "or `conda install openjdk`) on every machine that evaluates, then run the command again; nothing was "
-            "trained")
+            "programs, and no java program is on PATH. Install a Java runtime (e.g. `apt-get install "
+            "default-jre-headless` or `conda install openjdk`) on every machine that evaluates, then run the command "
+            "again; nothing was trained")

@@ -70,7 +70,9 @@ TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
 METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
 RESULTS_FILE = "trials.parquet"  # <results_dir>/<study>/trials.parquet
 CHECKPOINT_FILE = "state.pt"
-SAMPLES_FILE = "captions.json"  # <results_dir>/<study>/captions.json: each trial's decoded samples at its last epoch
+# <results_dir>/<study>/_captions.json: each trial's decoded samples at its last epoch. The leading "_" keeps it out of
+# pd.read_parquet("results") (pyarrow skips names starting with "_" or ".").
+SAMPLES_FILE = "_captions.json"
 
 
 def trial_key(arm_id: str, seed: int) -> str:

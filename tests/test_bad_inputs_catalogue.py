@@ -311,7 +311,7 @@ CASES = [
          "$CALM_STUDY_DATA/msrvtt: the folder", "data/msrvtt' does not exist (needed for 'msrvtt-train')",
          env=(("CALM_STUDY_DATA", "{tmp}/data"),)),
     case("java-missing", run("task=captioning", "model.family=captioner", "metric.name=CIDEr"),
-         "task captioning needs Java", "no `java` is on PATH", "nothing was trained",
+         "task captioning needs Java", "no java program is on PATH", "nothing was trained",
          env=(("PATH", "{tmp}/no-java"),)),
     case("data-root-not-set", run(*MSRVTT),
          "data.roots.msrvtt is not set (nor CALM_STUDY_DATA); it is needed for 'msrvtt-train'"),

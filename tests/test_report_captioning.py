@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from calm_study.report import ReportError, build_tables, paper, write_report
+from calm_study.report.cells import STATS
 from calm_study.report.render import to_markdown
-from calm_study.report.tables import STATS
 from calm_study.study.results import conform, write_parquet_atomic
 
 EPOCHS = 3
@@ -175,7 +175,7 @@ def test_write_report_with_caption_samples(tmp_path):
                                "sets": {"msrvtt": [{"video": "video7010", "caption": "a man walks a dog",
                                                     "references": refs}],
                                         "msvd": [{"video": "vid_1", "caption": "a cat", "references": ["a cat"]}]}}}
-    (results / "captioning" / "captions.json").write_text(json.dumps(samples), encoding="utf-8")
+    (results / "captioning" / "_captions.json").write_text(json.dumps(samples), encoding="utf-8")
     path, text = write_report("captioning", results_dir=results)
     report = path.read_text(encoding="utf-8")
     assert "Table 4" in report and "Table 5" in report and "captions.md" in report
@@ -190,7 +190,7 @@ def test_write_report_with_caption_samples(tmp_path):
     assert "fourth reference" not in captions  # at most 3 references
     assert "Table 4 layout" in text  # the main table, for the console
 
-    (results / "captioning" / "captions.json").write_text("{not json", encoding="utf-8")
+    (results / "captioning" / "_captions.json").write_text("{not json", encoding="utf-8")
     path, _ = write_report("captioning", results_dir=results)
     assert "could not be read" in path.read_text(encoding="utf-8")
 

@@ -260,6 +260,6 @@ def test_captioning_study_killed_mid_study_resumes_and_keeps_decoded_samples(tmp
     df = check_complete(tmp_path, "captions", trials=2, epochs=3)
     assert set(df.task) == {"captioning"} and df[["CIDEr", "BLEU4", "METEOR", "ROUGE_L"]].notna().all().all()
     assert df.t2v_R1.isna().all()
-    samples = json.loads((tmp_path / "results" / "captions" / "captions.json").read_text())
+    samples = json.loads((tmp_path / "results" / "captions" / "_captions.json").read_text())
     assert set(samples) == set(df.trial_key) and all(s["epoch"] == 3 for s in samples.values())
     assert all(len(v) == 3 for s in samples.values() for v in s["sets"].values())

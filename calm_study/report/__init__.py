@@ -2,7 +2,7 @@
 
     from calm_study.report import write_report, main_table
     path, text = write_report("anchor_ablation")          # results/anchor_ablation/_report/report.md (+ csv, tex, png)
-                                                           # (+ captions.md for a captioning study with captions.json)
+                                                           # (+ captions.md for a captioning study with _captions.json)
     print(main_table(df, "anchor_ablation"))               # the first applicable table, as text (end of a run)
 
 Every cell aggregates over seeds (mean, sd, n, 95% t-interval; stats.py); comparisons with the baseline row are paired

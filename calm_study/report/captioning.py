@@ -20,7 +20,7 @@ import pandas as pd
 
 from calm_study.names import CAPTION_METRICS
 from calm_study.report import paper
-from calm_study.report.cells import Metric, Table, aggregate
+from calm_study.report.cells import STATS, Metric, Table, aggregate
 from calm_study.report.render import num
 from calm_study.report.select import (
     TRIAL,
@@ -32,7 +32,6 @@ from calm_study.report.select import (
     label_columns,
     swept_columns,
 )
-from calm_study.report.tables import STATS
 
 # The paper's column order and spelling; the Parquet spells them as names.CAPTION_METRICS.
 NAMES = {"BLEU4": "B@4", "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr"}
@@ -150,7 +149,7 @@ def _cell(text: object) -> str:
 
 
 def samples_markdown(samples: dict, study: str) -> str:
-    """captions.json as Markdown: per trial and evaluation set, each video's decoded caption and a few references."""
+    """_captions.json as Markdown: per trial and evaluation set, each video's decoded caption and a few references."""
     lines = [f"# Study `{study}`: decoded captions", "",
              f"Per trial, the captions decoded at the epoch named (up to {MAX_REFERENCES} references each).", ""]
     for trial, info in samples.items():
@@ -169,7 +168,7 @@ def samples_markdown(samples: dict, study: str) -> str:
 
 
 def write_samples(source: Path, out: Path, study: str) -> list[str]:
-    """Write <out>/captions.md from captions.json; the report's lines about it ([] without a samples file)."""
+    """Write <out>/captions.md from _captions.json; the report's lines about it ([] without a samples file)."""
     if not source.is_file():
         return []
     try:

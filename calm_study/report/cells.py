@@ -17,6 +17,7 @@ from calm_study.report.select import TRIAL, VAL_SPLITS, Selection
 from calm_study.report.stats import paired, summarize
 
 METRICS = ["t2v_R1", "t2v_R5", "t2v_MnR"]
+STATS = "mean ± sd over seeds; n = seeds; 95% t-interval; Δ = paired-by-seed difference from the baseline row"
 CELL_METRICS = ("R1", "R5", "R10", "MnR")  # per test set, in the cross-domain matrix (the paper's Tables 1-3)
 
 

@@ -17,7 +17,17 @@ from __future__ import annotations
 import pandas as pd
 
 from calm_study.report import paper
-from calm_study.report.cells import CELL_METRICS, Metric, Table, TrialValues, aggregate, label_text, trial_values
+from calm_study.report.captioning import captioning_tables
+from calm_study.report.cells import (
+    CELL_METRICS,
+    STATS,
+    Metric,
+    Table,
+    TrialValues,
+    aggregate,
+    label_text,
+    trial_values,
+)
 from calm_study.report.render import label_value, pretty
 from calm_study.report.select import (
     ReportError,
@@ -32,7 +42,6 @@ from calm_study.report.select import (
     task_of,
 )
 
-STATS = "mean ± sd over seeds; n = seeds; 95% t-interval; Δ = paired-by-seed difference from the baseline row"
 PROTOCOLS = {"leakfree": "leak-free scoring (every text-video pair scored with that text)",
              "tmass_compat": "tmass_compat scoring (T-MASS's published indexing: each candidate video pooled by its "
                              "own caption, the evaluation leak)"}
@@ -55,7 +64,6 @@ def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selectio
         raise ReportError("these results do not say which evaluation sets are in-domain (a Parquet written before "
                           "the in_domain column): run the study again to rebuild it from its metric logs")
     if task_of(sel.rows) == "captioning":  # B@4 ... CIDEr per test set: trial_values reads recall only
-        from calm_study.report.captioning import captioning_tables  # imported here: it reads STATS from this module
 
         return sel, _note_skipped(sel.rows, captioning_tables(sel, df))
     vals = trial_values(sel)

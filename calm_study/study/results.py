@@ -109,7 +109,7 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_i
                   if not k.startswith(EVAL_PREFIX) and k not in ("status", "checkpoint")}
         for ref in trial.config.data.eval:
             metrics = eval_metrics_of(rec, ref.label)
-            metrics.pop(SAMPLES, None)  # decoded captions: captions.json, not a column
+            metrics.pop(SAMPLES, None)  # decoded captions: _captions.json, not a column
             rows.append({
                 "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "arm_index": arm_index,
                 "seed": trial.seed,
@@ -175,7 +175,7 @@ def caption_samples(trials: list[Trial], logs: dict[str, list[dict]]) -> dict:
 
 
 def write_caption_samples(study: Study, trials: list[Trial], logs: dict[str, list[dict]]) -> Path | None:
-    """Write caption_samples to <results_dir>/<study>/captions.json (atomically); None when there are none."""
+    """Write caption_samples to <results_dir>/<study>/_captions.json (atomically); None when there are none."""
     samples = caption_samples(trials, logs)
     if not samples:
         return None
