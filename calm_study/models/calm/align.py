@@ -1,7 +1,8 @@
 """CALM's alignment terms between the video's and the caption's anchor distributions (Table 7's variants).
 
 Each variant maps the CALM head's outputs (`v_logp`, `s_logp`: log V_p and log S_p, (B, K); `vae` for the generative
-variant) to named, unweighted scalar terms; `ALIGN_WEIGHTS` says which loss config field weighs each term.
+variant) to named, unweighted scalar terms, computed in fp32 whatever the autocast precision; `align_weights` says
+which loss config field weighs each term.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ Terms = dict[str, torch.Tensor]
 
 def _target(out: dict, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """S_p and log S_p, (B, K), detached when loss.detach_target is set."""
-    s_logp = out["s_logp"].detach() if cfg.detach_target else out["s_logp"]
+    s_logp = (out["s_logp"].detach() if cfg.detach_target else out["s_logp"]).float()
     return s_logp.exp(), s_logp
 
 
@@ -48,8 +49,8 @@ def align_vae(out: dict, cfg: LossConfig) -> Terms:
     """CALM: L_rec = −Σ_k S_p log Ŝ_p and L_KL = ½ Σ_j (μ² + σ² − log σ² − 1), both mean over the batch."""
     s_p, _ = _target(out, cfg)
     vae = out["vae"]
-    rec = -(s_p * F.log_softmax(vae["recon_logits"], dim=-1)).sum(-1).mean()
-    mu, logvar = vae["mu"], vae["logvar"]
+    rec = -(s_p * F.log_softmax(vae["recon_logits"].float(), dim=-1)).sum(-1).mean()
+    mu, logvar = vae["mu"].float(), vae["logvar"].float()  # fp32 terms under bf16 autocast
     kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1).mean()
     return {"align_rec": rec, "align_kl": kl}
 

@@ -24,9 +24,11 @@ from calm_study.models.calm.vae import AnchorVAE
 
 
 def anchor_log_probs(features: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
-    """log softmax(τ·cos(features, P)) over the K anchors: (B, D), (K, D) -> (B, K)."""
-    cos = F.normalize(features, dim=-1) @ F.normalize(anchors, dim=-1).t()  # (B, K)
-    return F.log_softmax(tau * cos, dim=-1)
+    """log softmax(τ·cos(features, P)) over the K anchors: (B, D), (K, D) -> (B, K), always in fp32: under bf16
+    autocast a bf16 cosine (3 significant digits) times τ ≈ 14 would blur the distributions CALM aligns."""
+    with torch.autocast(features.device.type, enabled=False):
+        cos = F.normalize(features.float(), dim=-1) @ F.normalize(anchors.float(), dim=-1).t()  # (B, K)
+        return F.log_softmax(tau * cos, dim=-1)
 
 
 class CALMHead(nn.Module):
