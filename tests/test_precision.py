@@ -36,8 +36,8 @@ def test_bf16_autocast_step_keeps_fp32_loss_terms(tiny_doc, family):
         terms = step_terms(task, model, model(inputs(model, batch, torch.device("cpu"))),
                            {**task.term_weights(), **model.term_weights()})
     terms["total"].backward()
-    assert all(t.dtype == torch.float32 and math.isfinite(float(t)) for t in terms.values()), \
-        {k: (t.dtype, float(t)) for k, t in terms.items()}
+    assert all(t.dtype == torch.float32 and math.isfinite(float(t.detach())) for t in terms.values()), \
+        {k: (t.dtype, float(t.detach())) for k, t in terms.items()}
     assert any(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
