@@ -51,8 +51,9 @@ def shift(tokens: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Captioner(CLIPFamily):
-    def __init__(self, backbone: CLIPBackbone, decoder: CaptionDecoder, calm: CALMHead | None, caption: CaptionConfig):
-        super().__init__(backbone, logit_scale_max=100.0)
+    def __init__(self, backbone: CLIPBackbone, decoder: CaptionDecoder, calm: CALMHead | None, caption: CaptionConfig,
+                 logit_scale_max: float):
+        super().__init__(backbone, logit_scale_max)  # the shared plumbing's clamp; captioning freezes the scale
         self.decoder = decoder
         self.calm = calm
         self.caption = caption
@@ -101,4 +102,4 @@ def build_captioner(cfg: TrialConfig) -> Captioner:
     token_embedding = backbone.clip.token_embedding.weight.detach()  # (V, W): CLIP's, copied into the decoder
     decoder = CaptionDecoder(token_embedding, backbone.embed_dim, c.layers, c.heads, c.dropout)
     calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
-    return Captioner(backbone, decoder, calm, c)
+    return Captioner(backbone, decoder, calm, c, cfg.loss.logit_scale_max)
