@@ -33,6 +33,10 @@ class ModelConfig:
     support_weight: float = 0.0  # tmass: weight of the support-text loss (T-MASS's MSR-VTT recipe: 0.8); >= 0
     trials: int = 20  # tmass: stochastic texts per (text, video) pair at evaluation, the best kept (T-MASS: 20); >= 1
     eval_seed: int = 0  # tmass: seed of those draws (per text), so evaluation is deterministic
+    # true: the CLIP encoders stay fixed; their frame and caption features are computed once per (weights, T, S,
+    # split) into data.feature_cache and trials train only what sits on top (pooling, radius, temporal fusion,
+    # anchor embeddings, VAE, caption decoder, logit scale). Results rows say regime "frozen" (docs/performance.md).
+    frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class DataConfig:
     # skip: the largest fraction of a split's videos that may be unreadable; beyond it the run stops before training
     max_skipped_fraction: float = 0.01
     frame_cache: str = ""  # folder of decoded uint8 frames, shared by every trial and epoch ("" = decode each time)
+    # model.frozen: folder of cached CLIP features, shared by every trial ("" = <data.cache_dir>/features)
+    feature_cache: str = ""
     loader_workers: int = 0  # DataLoader worker processes per training worker
     synthetic: SyntheticConfig = SyntheticConfig()
 
