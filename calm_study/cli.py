@@ -1,4 +1,4 @@
-"""Command line: `python -m calm_study {run,validate,status,report,train,data} ...` (the only argparse in the
+"""Command line: `python -m calm_study {run,validate,status,report,train,data,bench} ...` (the only argparse in the
 package)."""
 
 from __future__ import annotations
@@ -139,6 +139,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Performance figures of one trial config: a trial YAML, or one trial of a study file (default: the first with
+    anchors)."""
+    from calm_study import bench
+    from calm_study.study.spec import apply_overrides, expand, load_study
+    from calm_study.validate import trial_from_dict
+
+    try:
+        sections = bench.parse_only(args.only)  # checked before anything is loaded: a typo costs nothing
+        batches = bench.check_batches(args.batches)
+        bench.check_counts(steps=args.steps, eval_texts=args.eval_texts, eval_videos=args.eval_videos,
+                           clips=args.clips, trial_epochs=args.trial_epochs)
+        doc = load_yaml(args.config)
+        if isinstance(doc, dict) and "base" in doc:
+            trials = expand(load_study(args.config, args.preset, args.sets))
+            index = bench.choose_trial([t.config for t in trials], args.trial)
+            cfg = trials[index].config
+            what = f"{args.config}" + (f" --preset {args.preset}" if args.preset else "") + f", trial {index}"
+        else:
+            cfg = trial_from_dict(apply_overrides({"base": doc or {}}, args.sets, args.config)["base"], args.config)
+            what = args.config
+        what += "".join(f" --set {s}" for s in args.sets)
+        opts = bench.BenchOptions(sections=sections, batches=tuple(batches), steps=args.steps,
+                                  eval_texts=args.eval_texts, eval_videos=args.eval_videos, clips=args.clips,
+                                  trial_epochs=args.trial_epochs, device=args.device)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        bench.run_bench(cfg, what, opts)
+    except bench.BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from calm_study import data_commands as dc
 
@@ -194,6 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="print training step, evaluation, decoding and frozen-vs-fine-tuning timings of "
+                       "one trial config (no Ray)")
+    p.add_argument("config", help="a study YAML (with --preset, --set, --trial) or a trial YAML")
+    p.add_argument("--preset", help="study preset (study files only)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--trial", type=int, default=None,
+                   help="which trial of a study file (default: the first with anchors.count > 0; see `validate`)")
+    p.add_argument("--only", default=",".join("abcd"),
+                   help="sections, comma-separated: a (training step, CALM overhead), b (evaluation), c (decoding), "
+                   "d (frozen vs fine-tuning trial); default all")
+    p.add_argument("--batches", type=int, nargs="+", default=[2, 4], metavar="B",
+                   help="(a) batch sizes to time, at least two; the line through them is read at train.batch_size")
+    p.add_argument("--steps", type=int, default=3, help="(a) timed steps per batch size (median; after 1 warm-up)")
+    p.add_argument("--eval-texts", type=int, default=1000, help="(b) texts N_text")
+    p.add_argument("--eval-videos", type=int, default=1000, help="(b) videos N_video")
+    p.add_argument("--clips", type=int, default=20, help="(c) clips of the last evaluation split to decode")
+    p.add_argument("--trial-epochs", type=int, default=None, help="(d) train.epochs of each run (default: the "
+                   "config's)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=cmd_bench)
 
     data = sub.add_parser("data", help="check, cache or benchmark a study's videos before a long run")
     data_sub = data.add_subparsers(dest="data_command", required=True)

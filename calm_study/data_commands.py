@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import torch
-
+from calm_study.bench.decoding import decode_rates
 from calm_study.config import DataConfig, DatasetRef
 from calm_study.configio import ConfigError
-from calm_study.data.bench import bench_decoding
 from calm_study.data.dataset import check_videos
 from calm_study.data.readers import SPLITS, list_datasets
 from calm_study.data.records import VideoRecord
@@ -81,13 +78,6 @@ def fill_cache(datasets: list[DataSet], workers: int) -> int:
 
 
 def bench(records: list[VideoRecord], num_frames: int, size: int, decoder: str, label: str) -> dict:
-    """Clips/s decoding `records` without the frame cache, filling a fresh cache, and reading it warm."""
-    torch.set_num_threads(1)  # single-core rates: comparable between machines and with DataLoader workers
-    with tempfile.TemporaryDirectory() as tmp:
-        result = bench_decoding(records, num_frames, size, tmp, decoder=decoder)
-    print(f"{label}: {result['clips']} clips, T={num_frames}, {size}x{size}, decoder {decoder}"
-          + (f", {len(result['failed'])} unreadable" if result.get("failed") else ""))
-    print(f"  decode (no cache):  {result['decode_clips_per_s']:8.1f} clips/s")
-    print(f"  fill the cache:     {result['fill_clips_per_s']:8.1f} clips/s")
-    print(f"  read (warm cache):  {result['cached_clips_per_s']:8.1f} clips/s  ({result['speedup']:.1f}x decode)")
-    return result
+    """Clips/s decoding `records` without the frame cache, filling a fresh cache, and reading it warm (the same
+    figures as section (c) of `python -m calm_study bench`)."""
+    return decode_rates(records, num_frames, size, decoder, label)

@@ -35,3 +35,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world()[1] == 1:
         return x
     return torch.cat(all_gather(x), dim=0)  # (world * B, ...)
+
+
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Give every worker rank 0's parameters and buffers of `module` (in place); nothing without a process group."""
+    if world()[1] == 1:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)

@@ -61,6 +61,15 @@ def loss_column(term: str) -> str:
 DATA_ENV = "CALM_STUDY_DATA"  # a folder with one sub-folder per dataset (msrvtt/, didemo/, lsmdc/, msvd/)
 
 
+# ---- training regimes (the `regime` results column) --------------------------------------------------------------
+REGIMES = ("finetune", "frozen")  # CLIP fine-tuned with the heads | CLIP frozen, heads trained on cached features
+
+
+def regime(frozen: bool) -> str:
+    """The `regime` of a trial: 'frozen' under model.frozen, else 'finetune'. Reports never mix the two in a table."""
+    return REGIMES[1] if frozen else REGIMES[0]
+
+
 # ---- trials, runs and storage -----------------------------------------------------------------------------------
 RUN_PREFIX = "train-"
 TUNE_FOLDER = "tune"  # <storage>/<study>/tune/: Ray Tune's experiment

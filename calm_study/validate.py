@@ -75,6 +75,11 @@ def check_trial(cfg: TrialConfig) -> list[str]:
         errs.append(f"loss.align: {cfg.loss.align!r} needs anchors; the baseline (anchors.count 0) has loss.align none")
     if a.count > 0 and cfg.loss.align == "none":
         errs.append(f"anchors.count: {a.count} anchors are unused with loss.align none; set anchors.count 0")
+    if m.frozen and a.count > 0 and cfg.loss.align != "none" and a.encode == "every_step":
+        errs.append("anchors.encode: every_step sends the anchor prompts through the text encoder at every step so "
+                    "that the encoder learns from CALM's loss; model.frozen keeps the encoders fixed (their features "
+                    "come from the feature cache), so there is nothing for it to learn: set anchors.encode: once (the "
+                    "prompts are encoded once; the per-anchor embeddings still learn), or model.frozen: false")
     if a.tau <= 0:
         errs.append(f"anchors.tau: {a.tau} must be > 0")
     for name in ("align_weight", "alpha", "task_weight"):
@@ -196,6 +201,7 @@ def absolute_paths(cfg: TrialConfig) -> TrialConfig:
         if ref.dataset != "synthetic" and not roots.get(ref.dataset) and dataset_root(d, ref.dataset):
             roots[ref.dataset] = dataset_root(d, ref.dataset)
     data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
+                   feature_cache=absolute(d.feature_cache),
                    roots={k: absolute(v) for k, v in roots.items()})
     return replace(cfg, data=data)
 

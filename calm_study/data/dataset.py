@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from calm_study.data.feature_cache import SplitFeatures
 from calm_study.data.frame_cache import FrameCache
 from calm_study.data.records import VideoRecord
 from calm_study.data.video import (
@@ -28,10 +29,11 @@ FAILURE_POLICIES = ("error", "skip")
 
 
 class _ClipLoader:
-    """Frames of one record as model input, through the frame cache when there is one. Shared by both datasets."""
+    """Frames of one record as model input, through the frame cache when there is one; or, in frozen-feature mode,
+    the record's cached CLIP frame features (T, D). Shared by both datasets."""
 
     def __init__(self, num_frames: int, image_size: int, normalisation: Normalisation, decoder: str,
-                 frame_cache: FrameCache | None) -> None:
+                 frame_cache: FrameCache | None, features: SplitFeatures | None = None) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if image_size < 1:
@@ -46,8 +48,11 @@ class _ClipLoader:
         self.normalisation = normalisation
         self.decoder = decoder
         self.frame_cache = frame_cache
+        self.features = features
 
     def __call__(self, record: VideoRecord) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.features is not None:
+            return self.features.video(record)  # (T, D) float32, (T,) bool
         if self.frame_cache is not None:
             frames, mask = self.frame_cache.get(record)  # (T, S, S, 3) uint8, already resized and cropped
             return normalise_frames(frames, *self.normalisation), mask  # (T, 3, S, S) float32, (T,) bool
@@ -65,8 +70,8 @@ class TrainPairs(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
                  normalisation: Normalisation = (CLIP_MEAN, CLIP_STD), *, decoder: str = "decord",
-                 frame_cache: FrameCache | None = None) -> None:
-        self.load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)  # T, S, decoder, cache
+                 frame_cache: FrameCache | None = None, features: SplitFeatures | None = None) -> None:
+        self.load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache, features)
         self.records = list(records)
         # (video index, caption) in record order, captions in their stored order.
         self.pairs: list[tuple[int, str]] = [
@@ -79,7 +84,10 @@ class TrainPairs(Dataset):
     def __getitem__(self, i: int) -> dict:
         video_index, caption = self.pairs[i]
         frames, mask = self.load(self.records[video_index])
-        return {"frames": frames, "mask": mask, "caption": caption, "video_index": video_index}
+        item = {"frames": frames, "mask": mask, "caption": caption, "video_index": video_index}
+        if self.load.features is not None:
+            item["text_feature"] = self.load.features.text(caption)  # (D,): the frozen text encoder's
+        return item
 
 
 class EvalVideos(Dataset):
@@ -91,14 +99,16 @@ class EvalVideos(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], num_frames: int, image_size: int,
                  normalisation: Normalisation = (CLIP_MEAN, CLIP_STD), *, decoder: str = "decord",
-                 frame_cache: FrameCache | None = None) -> None:
-        self.load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache)  # T, S, decoder, cache
+                 frame_cache: FrameCache | None = None, features: SplitFeatures | None = None) -> None:
+        self.load = _ClipLoader(num_frames, image_size, normalisation, decoder, frame_cache, features)
         self.records = list(records)
         self.texts: list[str] = []
         self.text_to_video: list[int] = []
         for video_index, record in enumerate(self.records):
             self.texts.extend(record.captions)
             self.text_to_video.extend([video_index] * len(record.captions))
+        # Frozen-feature mode: the cached feature of every text, (N_text, D); None when the encoders run.
+        self.text_features = features.text_batch(self.texts) if features is not None else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -114,7 +124,8 @@ class EvalVideos(Dataset):
 def collate(batch: list[dict]) -> dict:
     """Stack items from TrainPairs / EvalVideos.
 
-    frames (B, T, 3, S, S), mask (B, T), video_index (B,) long, and, when items carry a caption, "captions": list[str].
+    frames (B, T, 3, S, S) (frozen-feature mode: (B, T, D) CLIP features), mask (B, T), video_index (B,) long, and,
+    when items carry a caption, "captions": list[str] (and, frozen, "text_features" (B, D)).
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
@@ -125,6 +136,8 @@ def collate(batch: list[dict]) -> dict:
     }
     if "caption" in batch[0]:
         out["captions"] = [item["caption"] for item in batch]
+    if "text_feature" in batch[0]:
+        out["text_features"] = torch.stack([item["text_feature"] for item in batch])  # (B, D)
     return out
 
 

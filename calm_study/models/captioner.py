@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from torch import nn
 
 from calm_study.config import CaptionConfig, TrialConfig
 from calm_study.models.backbone import CLIPBackbone
@@ -68,9 +67,6 @@ class Captioner(CLIPFamily):
                 if not name.startswith("visual."):
                     p.requires_grad_(False)
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {name: [p for p in ps if p.requires_grad] for name, ps in super().param_groups().items()}
-
     def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
         """{"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> {"logits" (B, L'-1, V), "labels" (B, L'-1)}
         (+ CALM's outputs)."""
@@ -79,7 +75,7 @@ class Captioner(CLIPFamily):
         logits = self.decoder(self.decoder.encode_frames(h), batch["mask"], inputs)  # (B, L'-1, V)
         out: dict = {"logits": logits, "labels": labels}
         if self.calm is not None:
-            text = self.backbone.encode_text(batch["tokens"])  # (B, D): S_p's caption feature, training only
+            text = self.caption_features(batch)  # (B, D): S_p's caption feature, training only
             out.update(self.calm(masked_mean(h, batch["mask"]), text, self.backbone.encode_text, vae_noise))
         return out
 

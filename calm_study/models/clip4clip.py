@@ -30,7 +30,7 @@ class Clip4Clip(CLIPFamily):
         """{"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> {"video", "text"} (B, D) (+ CALM's)."""
         h = self.frame_features(batch["frames"])  # (B, T, D)
         video = self.fusion(h, batch["mask"])  # (B, D)
-        text = self.backbone.encode_text(batch["tokens"])  # (B, D)
+        text = self.caption_features(batch)  # (B, D)
         out: dict = {"video": video, "text": text}
         if self.calm is not None:
             out.update(self.calm(masked_mean(h, batch["mask"]), text, self.backbone.encode_text, vae_noise))
@@ -42,8 +42,8 @@ class Clip4Clip(CLIPFamily):
         v = F.normalize(gather_with_grad(out["video"]), dim=-1)  # (N, D)
         return self.scale() * t @ v.t()  # (N_text, N_video)
 
-    def text_bank(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone.encode_text(tokens).float(), dim=-1)  # (N, D)
+    def text_bank(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.text_features(tokens, features).float(), dim=-1)  # (N, D)
 
     def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return F.normalize(self.fusion(self.frame_features(frames), mask).float(), dim=-1)  # (N, D)

@@ -43,14 +43,36 @@ class CLIPFamily(nn.Module):
         return self.calm.term_weights() if self.calm is not None else {}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{"clip": CLIP's encoders and logit scale, "new": every module added on top}, for the two learning rates."""
+        """{"clip": CLIP's encoders and logit scale, "new": every module added on top}, for the two learning rates;
+        frozen parameters are left out, so that optimisers and DDP see only what trains."""
         clip = list(self.backbone.parameters())
         ids = {id(p) for p in clip}
-        return {"clip": clip, "new": [p for p in self.parameters() if id(p) not in ids]}
+        groups = {"clip": clip, "new": [p for p in self.parameters() if id(p) not in ids]}
+        return {name: [p for p in ps if p.requires_grad] for name, ps in groups.items()}
+
+    def freeze_encoders(self) -> None:
+        """model.frozen: CLIP's image and text encoders stop learning (their features come from the feature cache);
+        the logit scale, a retrieval temperature rather than a feature, keeps the state the family gave it."""
+        for p in self.backbone.parameters():
+            if p is not self.backbone.logit_scale:
+                p.requires_grad_(False)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) pixels -> (B, T, D) through the image encoder; (B, T, D) frame features (frozen-feature
+        mode: read from the feature cache) are already that and pass through."""
+        if frames.dim() == 3:
+            return frames
         b, n_f = frames.shape[:2]
         return self.backbone.encode_image(frames.flatten(0, 1)).view(b, n_f, -1)  # (B, T, 3, S, S) -> (B, T, D)
+
+    def caption_features(self, batch: dict) -> torch.Tensor:
+        """(B, D) text features of a training batch's captions: the cached ones in frozen-feature mode."""
+        cached = batch.get("text_features")
+        return cached if cached is not None else self.backbone.encode_text(batch["tokens"])
+
+    def text_features(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, D) text features for evaluation: `features` (cached, frozen-feature mode) or the text encoder's."""
+        return features.to(tokens.device) if features is not None else self.backbone.encode_text(tokens)
 
     def scale(self) -> torch.Tensor:
         """exp(CLIP's learnable logit scale), clamped at loss.logit_scale_max as in CLIP."""

@@ -31,7 +31,8 @@ class VideoTextModel(Protocol):
         """(N,) strings -> (N, L) token ids."""
 
     def __call__(self, batch: dict) -> dict:
-        """A training batch {"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> named outputs."""
+        """A training batch {"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> named outputs. Frozen-feature
+        mode: "frames" are cached CLIP frame features (B, T, D) and "text_features" (B, D) come with the tokens."""
 
     def extra_terms(self, out: dict) -> dict[str, torch.Tensor]:
         """Loss terms the family adds to the task's (unweighted; {} when none)."""
@@ -42,14 +43,19 @@ class VideoTextModel(Protocol):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named groups, each with its own learning rate: "clip" (pretrained encoders) and "new" (added modules)."""
 
+    def freeze_encoders(self) -> None:
+        """model.frozen: the pretrained encoders stop learning (their features are read from the feature cache)."""
+
     def batch_logits(self, out: dict) -> torch.Tensor:
         """(N_text, N_video) scaled scores of every pair of the global training batch; pair i is (text i, video i)."""
 
-    def text_bank(self, tokens: torch.Tensor) -> Bank:
-        """What evaluation keeps per text: a tensor, or a dict of tensors, with one row per text."""
+    def text_bank(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> Bank:
+        """What evaluation keeps per text: a tensor, or a dict of tensors, with one row per text. `features` (N, D):
+        the texts' cached CLIP features (frozen-feature mode), used instead of running the text encoder."""
 
     def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> Bank:
-        """What evaluation keeps per video: a tensor, or a dict of tensors, with one row per video."""
+        """What evaluation keeps per video: a tensor, or a dict of tensors, with one row per video. `frames` are
+        pixels (N, T, 3, S, S), or cached CLIP frame features (N, T, D) in frozen-feature mode."""
 
     def score(self, text_bank: Bank, video_bank: Bank, pool_with: Bank | None = None) -> torch.Tensor:
         """(N_text, N_video) scores; pair (i, j) may use only text i and video j. `pool_with` (text-conditioned
@@ -71,7 +77,11 @@ def list_families() -> list[str]:
 
 
 def build_model(cfg: TrialConfig) -> VideoTextModel:
-    """The model of a trial config: its family, with a CALM head when the config asks for anchors."""
+    """The model of a trial config: its family, with a CALM head when the config asks for anchors, its CLIP encoders
+    frozen under model.frozen."""
     if cfg.model.family not in FAMILIES:
         raise ValueError(f"model.family {cfg.model.family!r} is unknown; valid: {', '.join(list_families())}")
-    return FAMILIES[cfg.model.family](cfg)
+    model = FAMILIES[cfg.model.family](cfg)
+    if cfg.model.frozen:
+        model.freeze_encoders()
+    return model

@@ -95,9 +95,9 @@ class TMASS(XPool):
     def term_weights(self) -> dict[str, float]:
         return {**super().term_weights(), "support": self.support_weight}
 
-    def text_bank(self, tokens: torch.Tensor) -> dict:
+    def text_bank(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> dict:
         """The raw text feature and its `trials` noise draws, seeded by (model.eval_seed, the text's tokens)."""
-        text = self.backbone.encode_text(tokens).float()  # (N, D)
+        text = self.text_features(tokens, features).float()  # (N, D)
         draws = []
         for row in tokens.cpu():
             g = torch.Generator().manual_seed(self.eval_seed * 1_000_003 + hash(tuple(row.tolist())) % 1_000_003)

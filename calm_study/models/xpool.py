@@ -77,7 +77,7 @@ class XPool(CLIPFamily):
     def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
         """-> {"text" (B, D), "frames" (B, T, D), "mask" (B, T)} (+ CALM's, from the frame mean and the text)."""
         h = self.frame_features(batch["frames"])  # (B, T, D)
-        text = self.backbone.encode_text(batch["tokens"])  # (B, D)
+        text = self.caption_features(batch)  # (B, D)
         out: dict = {"text": text, "frames": h, "mask": batch["mask"]}
         if self.calm is not None:
             out.update(self.calm(masked_mean(h, batch["mask"]), text, self.backbone.encode_text, vae_noise))
@@ -88,8 +88,8 @@ class XPool(CLIPFamily):
         text, frames, mask = self.gathered(out)
         return self.scale() * pooled_cosine(text, self.pool(text, frames, mask))  # (N_text, N_video)
 
-    def text_bank(self, tokens: torch.Tensor) -> dict:
-        return {"text": self.backbone.encode_text(tokens).float()}  # (N, D), raw: the pooling normalises itself
+    def text_bank(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> dict:
+        return {"text": self.text_features(tokens, features).float()}  # (N, D), raw: the pooling normalises itself
 
     def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> dict:
         h = self.frame_features(frames).float()  # (N, T, D)

@@ -84,11 +84,16 @@ def _table(sel: Selection, rows: pd.DataFrame, arms: pd.DataFrame, swept: list[s
     families = ", ".join(dict.fromkeys(arms.model_family.astype(str)))
     caption = (f"video captioning by a model trained on {data_train}, on the test sets {', '.join(sets)} (column "
                f"groups: in-domain {', '.join(in_domain) or 'none'} first, then out-of-domain {ood}), at the "
-               f"{sel.label}; model family {families}, {_decoding(arms)}; {SCORER}; {STATS}.")
+               f"{sel.label}; model family {families}{_frozen(arms)}, {_decoding(arms)}; {SCORER}; {STATS}.")
     number = paper.CAPTIONING_TABLE.get(train) if key.startswith("table") else None
     title = (f"Table {number} layout: captioning, trained on {DATASET_NAMES.get(train, train)}" if number
              else f"Captioning, trained on {data_train}")
     return Table(key, title, caption, labels, metrics, frame, notes)
+
+
+def _frozen(arms: pd.DataFrame) -> str:
+    return " with frozen CLIP encoders (model.frozen: heads trained on cached CLIP features)" \
+        if (arms.regime.astype(object) == "frozen").any() else ""
 
 
 def _add_paper(frame: pd.DataFrame, metrics: list[Metric], arms: pd.DataFrame, train: str,

@@ -59,6 +59,8 @@ def value(table: str, train: str, test: str, method: str, metric: str) -> PaperV
 
 def method_of(table: str, arm: Mapping[str, Any]) -> str | None:
     """The paper's method (row) of one of our arms in a table, or None when the paper has no such row."""
+    if str(arm.get("regime", "finetune")) == "frozen":
+        return None  # every paper row fine-tunes CLIP: a frozen-feature arm has no counterpart
     family = str(arm.get("model_family", ""))
     align, count = str(arm.get("loss_align", "")), int(arm.get("anchors_count", -1))
     if table in CAPTIONING_TABLE.values():

@@ -135,6 +135,7 @@ def arm_frame(df: pd.DataFrame) -> pd.DataFrame:
     # Files before schema 3: every model was clip4clip, scored leak-free without DSL.
     arms["model_family"] = arms.model_family.astype(object).fillna("clip4clip")
     arms["evaluation_protocol"] = arms.evaluation_protocol.astype(object).fillna("leakfree")
+    arms["regime"] = arms.regime.astype(object).fillna("finetune")  # files before schema 5: all fine-tuned
     no_anchors = arms.anchors_count == 0
     arms["anchors_source"] = arms.anchors_source.astype(object).where(~no_anchors, "none")  # unused without anchors
     return arms

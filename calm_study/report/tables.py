@@ -9,13 +9,17 @@
 - Sensitivity: in-domain R@1 against each swept numeric key with at least two values besides the baseline.
 - Otherwise one row per arm with in-domain R@1, R@5, MnR.
 - Captioning studies (task `captioning`): the Tables 4-5 layout instead, one table per training set (captioning.py).
+- A study with fine-tuned and frozen-feature trials (`regime`): every table above once per regime, never mixed.
 Label columns: a layout's own columns plus any other swept column needed to tell its rows apart.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 
+from calm_study.names import REGIMES
 from calm_study.report import paper
 from calm_study.report.captioning import captioning_tables
 from calm_study.report.cells import (
@@ -52,11 +56,29 @@ def scoring(arms: pd.DataFrame) -> str:
     families = ", ".join(dict.fromkeys(arms.model_family.astype(str)))
     protocols = "; ".join(PROTOCOLS.get(p, p) for p in dict.fromkeys(arms.evaluation_protocol.astype(str)))
     dsl = " + T-MASS's DSL post-processing" if arms.evaluation_dsl.fillna(False).astype(bool).any() else ""
-    return f"model family {families}; {protocols}{dsl}"
+    frozen = "; CLIP encoders frozen (model.frozen: heads trained on cached CLIP features)" \
+        if (arms.regime.astype(object) == REGIMES[1]).any() else ""
+    return f"model family {families}; {protocols}{dsl}{frozen}"
+
+
+REGIME_TITLES = {"finetune": "fine-tuned CLIP", "frozen": "frozen CLIP features"}
 
 
 def build_tables(df: pd.DataFrame, epoch: str | int = "final") -> tuple[Selection, list[Table]]:
-    """The selection used and every applicable table, the main one first."""
+    """The selection used and every applicable table, the main one first. Trials fine-tuned and trials trained on
+    frozen features (the `regime` column) are never compared in one table: each regime gets its own tables, the
+    regime in their titles and file names."""
+    regimes = df.regime.astype(object).fillna(REGIMES[0])  # files before schema 5: every trial fine-tuned
+    if regimes.nunique() > 1:
+        tables = []
+        for name in [r for r in REGIMES if (regimes == r).any()]:
+            _, part = build_tables(df[regimes == name], epoch)
+            tables += [replace(t, key=f"{t.key}_{name}", title=f"{t.title} ({REGIME_TITLES[name]})") for t in part]
+        return select_epoch(df, epoch), tables
+    return _build_regime_tables(df, epoch)
+
+
+def _build_regime_tables(df: pd.DataFrame, epoch: str | int) -> tuple[Selection, list[Table]]:
     sel = select_epoch(df, epoch)
     if sel.rows.empty:
         raise ReportError(f"no trial has a row at the {sel.label} (trials left out: {sel.excluded_text()})")

@@ -34,14 +34,15 @@ from calm_study.names import (
     eval_key,
     eval_metrics_of,
     loss_column,
+    regime,
 )
 from calm_study.study.spec import Study, Trial
 from calm_study.validate import trial_to_dict
 
 # 2: arm_index, loss_align_dist. 3: task, model_family, lr_new (and stable arm ids). 4: captioning metrics (CIDEr,
-# BLEU4, METEOR, ROUGE_L, trivial_CIDEr) and the caption_* config columns. Every file has every column below, with
-# fixed types; older files read with the columns they lack as nulls.
-SCHEMA_VERSION = 4
+# BLEU4, METEOR, ROUGE_L, trivial_CIDEr) and the caption_* config columns. 5: regime (finetune | frozen). Every file
+# has every column below, with fixed types; older files read with the columns they lack as nulls.
+SCHEMA_VERSION = 5
 
 # Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
 # variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema.
@@ -49,7 +50,7 @@ FIXED_COLUMNS = {
     "schema_version": "int64", "study": "str", "arm_id": "str", "arm_index": "Int64", "seed": "int64",
     "trial_key": "str", "trial_id": "str", "eval_set": "str", "eval_dataset": "str", "eval_split": "str",
     "train_dataset": "str", "in_domain": "boolean", "epoch": "int64", "epochs": "int64", "status": "str",
-    "epoch_status": "str", "swept": "str",
+    "epoch_status": "str", "swept": "str", "regime": "str",
     **{m: "float64" for m in all_metric_names()},
     SKIPPED_VIDEOS: "Int64",
     **{k: "float64" for k in [loss_column(t) for t in LOSS_TERMS] + ["lr_clip", "lr_new", "train_s", "eval_s",
@@ -117,7 +118,8 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_i
                 "eval_split": ref.split, "train_dataset": trial.config.data.train.dataset,
                 "in_domain": _same_domain(trial.config.data.train, ref), "epoch": int(rec["epoch"]),
                 "epochs": trial.config.train.epochs, "status": status, "epoch_status": rec.get("status", ""),
-                "swept": json.dumps(trial.swept, sort_keys=True), **common, **metrics,
+                "swept": json.dumps(trial.swept, sort_keys=True), "regime": regime(trial.config.model.frozen),
+                **common, **metrics,
                 "checkpoint": rec.get("checkpoint"), **cfg_cols,
             })
     return rows

@@ -20,7 +20,7 @@ from calm_study.validate import config_differences
 # Keys that may differ between a checkpoint and the config resuming from it (they do not change what is trained).
 RESUMABLE_DIFFERENCES = ("train.epochs", "train.log_every", "train.eval_batch_size", "data.loader_workers",
                          "data.cache_dir", "data.eval", "data.roots", "data.video_dirs", "data.frame_cache",
-                         "data.decoder", "data.on_error")
+                         "data.feature_cache", "data.decoder", "data.on_error")
 
 
 def rng_state() -> dict:

@@ -20,18 +20,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from calm_study.config import TrialConfig
 from calm_study.data.dataset import collate
 from calm_study.data.sources import frame_cache, load_readable_records
-from calm_study.distributed import all_finite, world
+from calm_study.distributed import all_finite, broadcast_from_rank0, world
 from calm_study.models.families import VideoTextModel, build_model
 from calm_study.names import SKIPPED_VIDEOS, eval_key, loss_column
 from calm_study.progress import say
 from calm_study.tasks import build_task
 from calm_study.tasks.base import Task, Terms, weighted_total
 from calm_study.training.checkpoint import restore, rng_state, save_checkpoint
+from calm_study.training.frozen import FrozenFeatures
 from calm_study.training.optim import build_optimizer, build_scheduler, current_lrs
 
 Reporter = Callable[[dict, "Path | None"], None]
@@ -45,8 +46,11 @@ def seed_everything(seed: int) -> None:
 
 def inputs(model: VideoTextModel, batch: dict, device: torch.device) -> dict:
     """A collated training batch as model input: frames and mask on the device, captions tokenised."""
-    return {"frames": batch["frames"].to(device), "mask": batch["mask"].to(device),
-            "tokens": model.tokenize(batch["captions"]).to(device)}
+    x = {"frames": batch["frames"].to(device), "mask": batch["mask"].to(device),
+         "tokens": model.tokenize(batch["captions"]).to(device)}
+    if "text_features" in batch:  # frozen-feature mode: the captions' cached CLIP features
+        x["text_features"] = batch["text_features"].to(device)
+    return x
 
 
 def step_terms(task: Task, model: VideoTextModel, out: dict, weights: dict[str, float]) -> Terms:
@@ -75,6 +79,13 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     video = dict(num_frames=d.num_frames, image_size=model.image_size, normalisation=model.normalisation,
                  decoder=d.decoder, frame_cache=cache)
     skipped: dict[str, int] = {}  # unreadable videos dropped under data.on_error=skip, per dataset label
+    features = None
+    if cfg.model.frozen:
+        # Frozen-feature mode: every split's CLIP features come from the feature cache (computed there once, by the
+        # first trial that needs them); the items then hold features, not pixels. All workers must hold the same
+        # encoder (a random initialisation is seeded per worker), so rank 0's is broadcast first.
+        broadcast_from_rank0(model.backbone)
+        features = FrozenFeatures(cfg, model, cache, device, log)
 
     def readable(ref) -> list:
         records, failures = load_readable_records(ref, d, cache)
@@ -88,7 +99,11 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
             log(f"... {len(failures) - 5} more unreadable videos of {ref.label} skipped")
         return records
 
-    train_set = task.train_items(readable(d.train), **video)
+    def items(make: Callable, ref) -> Dataset:
+        records = readable(ref)
+        return make(records, **video, **({"features": features(records, ref.label)} if features else {}))
+
+    train_set = items(task.train_items, d.train)
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=t.seed)
     loader = DataLoader(train_set, batch_size=t.batch_size // world_size, sampler=sampler, drop_last=True,
                         collate_fn=collate, num_workers=d.loader_workers)
@@ -96,9 +111,10 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         fix = "lower train.batch_size" if len(train_set) else "check the training split's files (data check)"
         raise ValueError(f"data.train {d.train.label!r} has {len(train_set)} (video, caption) pairs, fewer than one "
                          f"batch of train.batch_size {t.batch_size}; {fix}")
+    regime = "frozen encoders, cached features" if cfg.model.frozen else "fine-tuning"
     log(f"{len(train_set)} training pairs, {len(loader)} steps per epoch x {t.epochs} epochs, "
-        f"{world_size} worker(s), device {device}")
-    eval_sets = {ref.label: task.eval_items(readable(ref), **video) for ref in d.eval} if rank == 0 else {}
+        f"{world_size} worker(s), device {device}, {regime}")
+    eval_sets = {ref.label: items(task.eval_items, ref) for ref in d.eval} if rank == 0 else {}
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, t.epochs * len(loader), cfg.optim.warmup_fraction)

@@ -38,7 +38,9 @@ def banks(model: VideoTextModel, eval_set: EvalVideos, device: torch.device, bat
     """(text bank, video bank) of every text and every video of the set, on the evaluation device."""
     videos = [model.video_bank(batch["frames"].to(device), batch["mask"].to(device))
               for batch in DataLoader(eval_set, batch_size=batch_size, shuffle=False, collate_fn=collate)]
-    texts = [model.text_bank(model.tokenize(eval_set.texts[i:i + batch_size]).to(device))
+    cached = eval_set.text_features  # (N_text, D) in frozen-feature mode, else None
+    texts = [model.text_bank(model.tokenize(eval_set.texts[i:i + batch_size]).to(device),
+                             None if cached is None else cached[i:i + batch_size])
              for i in range(0, len(eval_set.texts), batch_size)]
     return cat_banks(texts), cat_banks(videos)
 

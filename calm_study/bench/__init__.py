@@ -1,0 +1,113 @@
+"""`python -m calm_study bench`: performance figures of one trial config, printed in four sections.
+
+    (a) training step time with and without CALM at small batches, extrapolated to train.batch_size (step.py)
+    (b) evaluation of N_text x N_video pairs: encoding and leak-free scoring, seconds and peak memory (evaluation.py)
+    (c) video decoding clips/s without and with the frame cache (decoding.py)
+    (d) one frozen-feature trial vs one fine-tuning trial on the same data and epochs (trial.py)
+
+Figures go to stdout, progress lines to stderr. No Ray: everything runs in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from calm_study.config import TrialConfig
+
+SECTIONS = ("a", "b", "c", "d")
+
+
+class BenchError(ValueError):
+    """A bad bench option; its message is one line."""
+
+
+def parse_only(text: str) -> tuple[str, ...]:
+    """"a,c" -> ("a", "c") in section order; BenchError naming the valid values otherwise."""
+    chosen = [s.strip().lower() for s in text.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in SECTIONS]
+    if bad or not chosen:
+        raise BenchError(f"--only {text!r}: valid sections are {', '.join(SECTIONS)}, comma-separated "
+                         "(e.g. --only a,b)")
+    return tuple(s for s in SECTIONS if s in chosen)
+
+
+def check_batches(batches: Sequence[int]) -> list[int]:
+    """Distinct positive batch sizes, sorted; a line needs at least two."""
+    sizes = sorted(set(batches))
+    if len(sizes) < 2 or sizes[0] < 1:
+        raise BenchError(f"--batches {' '.join(map(str, batches))}: give at least two distinct batch sizes >= 1 "
+                         "(e.g. --batches 2 4)")
+    return sizes
+
+
+def check_counts(**counts: int | None) -> None:
+    """Every given count (None: not given) is >= 1."""
+    bad = [f"--{name.replace('_', '-')} {value}" for name, value in counts.items() if value is not None and value < 1]
+    if bad:
+        raise BenchError(f"{', '.join(bad)}: must be >= 1")
+
+
+def choose_trial(configs: Sequence[TrialConfig], index: int | None) -> int:
+    """--trial N, else the first trial with anchors (the one that shows CALM's cost), else trial 0."""
+    if index is not None:
+        if not 0 <= index < len(configs):
+            raise BenchError(f"--trial {index}: the study has trials 0..{len(configs) - 1}")
+        return index
+    return next((i for i, c in enumerate(configs) if c.anchors.count > 0), 0)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    sections: tuple[str, ...] = SECTIONS
+    batches: tuple[int, ...] = (2, 4)
+    steps: int = 3
+    eval_texts: int = 1000
+    eval_videos: int = 1000
+    clips: int = 20
+    trial_epochs: int | None = None  # None: the config's train.epochs
+    device: str | None = None  # None: cuda when available, else cpu
+
+
+def device_line(device: torch.device) -> str:
+    """The device in words: GPU name, or CPU model, cores and torch threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def run_bench(cfg: TrialConfig, what: str, opts: BenchOptions, out: Callable[[str], None] = print) -> dict:
+    """Print the chosen sections for `cfg` (`what` names it: file, preset, trial); returns each section's figures."""
+    from calm_study.bench.decoding import run_decoding
+    from calm_study.bench.evaluation import run_evaluation
+    from calm_study.bench.step import run_steps
+    from calm_study.bench.trial import run_trials
+
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    m = cfg.model
+    calm = f"CALM K={cfg.anchors.count} ({cfg.anchors.source}, {cfg.loss.align})" if cfg.anchors.count else "no CALM"
+    out(f"bench: {what}: {cfg.task}/{m.family}, {m.clip} (pretrained {m.pretrained or 'none: random init'}), {calm}, "
+        f"T={cfg.data.num_frames} frames, train.batch_size {cfg.train.batch_size}, precision {cfg.train.precision}")
+    out(f"bench: device {device}: {device_line(device)}; torch {torch.__version__}")
+    results: dict = {}
+    for section in opts.sections:
+        out("")
+        if section == "a":
+            results["a"] = run_steps(cfg, list(opts.batches), opts.steps, device, out)
+        elif section == "b":
+            results["b"] = run_evaluation(cfg, opts.eval_texts, opts.eval_videos, device, out)
+        elif section == "c":
+            results["c"] = run_decoding(cfg, opts.clips, out)
+        elif section == "d":
+            results["d"] = run_trials(cfg, opts.trial_epochs or cfg.train.epochs, device, out)
+    return results

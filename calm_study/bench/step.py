@@ -1,0 +1,171 @@
+"""Section (a): the time of one full training step, with and without CALM, and its extrapolation to the study batch.
+
+A step is what fit.py runs per batch: forward under the config's precision autocast, `step_terms`, backward,
+gradient clipping, the optimizer and scheduler steps. Frames are random (the pixels do not change the cost), the
+captions are real-looking sentences (their token count does: text encoding stops at the longest text of the batch).
+Only a few small batches fit on a CPU, so the step time is fitted as a + b·B and extrapolated to train.batch_size.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from calm_study.config import TrialConfig
+from calm_study.models.families import build_model
+from calm_study.progress import say
+from calm_study.tasks import build_task
+from calm_study.training.fit import seed_everything, step_terms
+from calm_study.training.optim import build_optimizer, build_scheduler
+
+# MSR-VTT-like captions (about 8-16 CLIP tokens each, like the real ones); batches cycle through them.
+CAPTIONS = (
+    "a man is playing a guitar on a stage in front of a crowd",
+    "a woman is cooking pasta in a small kitchen",
+    "two kids are running on the beach with a dog",
+    "a red car drives along a mountain road at sunset",
+    "someone is explaining how to fold a paper airplane",
+    "a basketball player jumps and scores in a packed stadium",
+    "people are dancing at a wedding party",
+    "a cat is sleeping on a sofa next to a window",
+)
+
+
+def fmt_s(seconds: float) -> str:
+    """A duration for people: milliseconds below 0.1 s (3 significant digits), else seconds."""
+    return f"{seconds * 1e3:.3g} ms" if abs(seconds) < 0.1 else f"{seconds:.2f} s"
+
+
+def captions(n: int) -> list[str]:
+    """n captions, cycling CAPTIONS."""
+    return [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    """Step time modelled as fixed_s + per_item_s · batch."""
+
+    fixed_s: float  # a: per step whatever the batch (the K anchor prompts encoded each step, the optimizer, ...)
+    per_item_s: float  # b: per (video, caption) pair
+
+    def at(self, batch: float) -> float:
+        return self.fixed_s + self.per_item_s * batch
+
+
+def fit_linear(points: Sequence[tuple[float, float]]) -> LinearCost:
+    """Least-squares line through (batch, seconds) points: the exact line through two points, the least-squares
+    one through more. Needs at least two distinct batch sizes."""
+    xs = [float(x) for x, _ in points]
+    ys = [float(y) for _, y in points]
+    if len(set(xs)) < 2:
+        raise ValueError(f"a line needs at least two distinct batch sizes, got {sorted(set(xs))}")
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return LinearCost(fixed_s=my - slope * mx, per_item_s=slope)
+
+
+def extrapolate(points: Sequence[tuple[float, float]], batch: float) -> float:
+    """The fitted step time (seconds) at `batch`."""
+    return fit_linear(points).at(batch)
+
+
+def without_calm(cfg: TrialConfig) -> TrialConfig:
+    """The same trial without anchors: the CALM-free baseline of the ablation studies."""
+    return replace(cfg, anchors=replace(cfg.anchors, count=0), loss=replace(cfg.loss, align="none"))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torch.device) -> dict[int, float]:
+    """Median seconds of `steps` full training steps (after one warm-up step) at each batch size."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg).to(device)
+    model.train()
+    task = build_task(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, 1_000_000, cfg.optim.warmup_fraction)  # stepped as fit does; rate moot
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    weights = {**task.term_weights(), **model.term_weights()}
+    t, s = cfg.data.num_frames, model.image_size
+    medians: dict[int, float] = {}
+    for b in batches:
+        batch = {"frames": torch.randn(b, t, 3, s, s, device=device),  # (B, T, 3, S, S), like normalised pixels
+                 "mask": torch.ones(b, t, dtype=torch.bool, device=device),  # (B, T)
+                 "tokens": model.tokenize(captions(b)).to(device)}  # (B, L)
+        times = []
+        for i in range(steps + 1):  # step 0 warms up (allocator, kernels, lazy buffers) and is not counted
+            _sync(device)
+            tic = time.perf_counter()
+            with autocast:
+                terms = step_terms(task, model, model(batch), weights)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - tic)
+        medians[b] = statistics.median(times)
+        say(f"  ... B={b}: {fmt_s(medians[b])}/step")
+    return medians
+
+
+def describe(cfg: TrialConfig) -> str:
+    if cfg.anchors.count == 0:
+        return "baseline (no anchors)"
+    return f"CALM (K={cfg.anchors.count} {cfg.anchors.source}, align {cfg.loss.align}, encode {cfg.anchors.encode})"
+
+
+def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torch.device,
+              out: Callable[[str], None]) -> dict:
+    """Print section (a); returns {"calm": {B: s}, "base": {B: s}, "fits": ..., "overhead_*": %} (calm may be absent
+    when the config has no anchors)."""
+    target = cfg.train.batch_size
+    arms = {"calm": cfg, "base": without_calm(cfg)} if cfg.anchors.count > 0 else {"base": cfg}
+    out(f"(a) training step time: forward ({cfg.train.precision}) + loss + backward + grad clip + AdamW step on random "
+        f"frames (B, T={cfg.data.num_frames}, 3, S, S) and real-looking captions; median of {steps} step(s) after "
+        f"1 warm-up step per batch size")
+    measured: dict[str, dict[int, float]] = {}
+    fits: dict[str, LinearCost] = {}
+    width = max(len(describe(c)) for c in arms.values())
+    for name, c in arms.items():
+        say(f"(a) timing {describe(c)} at B = {', '.join(map(str, batches))} ...")
+        measured[name] = time_steps(c, batches, steps, device)
+        fits[name] = fit_linear(list(measured[name].items()))
+        shown = "  ".join(f"B={b}: {fmt_s(s)}" for b, s in measured[name].items())
+        f = fits[name]
+        at_target = f"{fmt_s(f.at(target))}/step" if f.per_item_s > 0 else "n/a (b <= 0, see below)"
+        out(f"  {describe(c):<{width}}  {shown}  |  per item b = {f.per_item_s * 1e3:.2f} ms/pair, "
+            f"fixed a = {f.fixed_s * 1e3:.1f} ms/step  |  extrapolated to train.batch_size {target}: {at_target}")
+    result: dict = {**measured, "fits": fits, "batch_size": target}
+    if "calm" not in arms:
+        out("  CALM overhead: n/a (this config has no anchors; choose a trial with anchors.count > 0 via --trial)")
+        return result
+    largest = max(batches)
+    calm, base = measured["calm"][largest], measured["base"][largest]
+    result["overhead_measured"] = 100 * (calm - base) / base
+    if min(f.per_item_s for f in fits.values()) <= 0:
+        out(f"  CALM overhead (calm - base) / base: {result['overhead_measured']:+.1f} % measured at B={largest}; "
+            f"not extrapolated to B={target}: a per-item cost b <= 0 means the steps' noise exceeds what one more "
+            "pair costs at these batch sizes (fixed costs dominate a tiny model); time larger --batches or more "
+            "--steps")
+        return result
+    calm_x, base_x = fits["calm"].at(target), fits["base"].at(target)
+    result["overhead_extrapolated"] = 100 * (calm_x - base_x) / base_x
+    out(f"  CALM overhead (calm - base) / base: {result['overhead_measured']:+.1f} % measured at B={largest}, "
+        f"{result['overhead_extrapolated']:+.1f} % extrapolated to B={target} "
+        f"({fmt_s(calm_x)} vs {fmt_s(base_x)} per step)")
+    if target > 4 * largest:
+        out(f"  note: the line a + b·B is fitted on B <= {largest} and read at B={target}; it leaves out the B² "
+            "terms (the B x B logits; xpool/tmass pool every frame set with every caption), small next to the CLIP "
+            "encoders at ViT-B/32 scale but not for tiny models")
+    return result
