@@ -57,3 +57,21 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     df2 = pd.read_parquet(tmp_path / "results" / "two")
     assert len(df2) == len(df)  # nothing re-trained, nothing duplicated
     pd.testing.assert_frame_equal(df2[["trial_key", "epoch", "t2v_R1"]], df[["trial_key", "epoch", "t2v_R1"]])
+
+
+@pytest.mark.slow
+def test_demo_anchor_ablation_runs_frozen_and_its_trials_share_the_feature_cache(tmp_path):
+    """The shipped demo in frozen-feature mode: every row says regime frozen, and the six trials (same encoder
+    weights) computed each split's features once: one cache entry per split."""
+    features = tmp_path / "features"
+    sets = ["model.frozen=true", "anchors.encode=once", "train.epochs=2", f"data.feature_cache={features}",
+            f"storage={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}"]
+    cmd = [sys.executable, "-m", "calm_study", "run", "studies/anchor_ablation.yaml", "--preset", "demo"]
+    run = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "results" / "anchor_ablation")
+    assert len(df) == 6 * 2 * 2 and set(df.regime) == {"frozen"} and df.model_frozen.all()
+    assert set(df.status) == {"completed"} and df.t2v_R1.between(0, 100).all()
+    assert len(list(features.rglob("*.npz"))) == 3  # synthetic plain train, plain test, textured test
+    assert "CLIP encoders frozen" in run.stdout  # the end-of-run table says which regime it shows

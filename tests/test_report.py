@@ -333,3 +333,30 @@ def test_every_table_says_how_many_videos_were_skipped():
         assert "unreadable videos skipped (data.on_error skip): didemo 3, training set 2" in table.notes
     clean = rows("anchor", ANCHOR_ARMS, final)
     assert not any("skipped" in n for t in build_tables(clean)[1] for n in t.notes)
+
+
+def test_fine_tuned_and_frozen_trials_never_share_a_table(tmp_path):
+    """The same arms trained both ways (regime finetune and frozen): every table comes once per regime, each holding
+    only its own regime's trials, titled and filed by regime; frozen rows get no paper value."""
+    final = {(a, s): {"msrvtt": v, "didemo": v / 2} for a, vs in ANCHOR_R1.items() for s, v in enumerate(vs)}
+    frozen_arms = [dict(a, arm_id=f"f{a['arm_id']}", arm_index=a["arm_index"] + 3, model_frozen=True)
+                   for a in ANCHOR_ARMS]
+    frozen_final = {(f"f{a}", s): {"msrvtt": v - 5, "didemo": v / 4} for (a, s), _ in final.items()
+                    for v in [ANCHOR_R1[a][s]]}
+    df = pd.concat([rows("anchor", ANCHOR_ARMS, final).assign(regime="finetune"),
+                    rows("anchor", frozen_arms, frozen_final).assign(regime="frozen")], ignore_index=True)
+    _, tables = build_tables(conform(df))
+    keys = [t.key for t in tables]
+    assert keys == ["table6_finetune", "sensitivity_anchors_count_finetune", "table6_frozen",
+                    "sensitivity_anchors_count_frozen"]
+    tuned, frozen = tables[0].frame.set_index("unit"), tables[2].frame.set_index("unit")
+    assert list(tuned.index) == ["a0", "a50", "a91"] and list(frozen.index) == ["fa0", "fa50", "fa91"]
+    assert tuned.loc["a50", "id_t2v_R1_mean"] == 14 and frozen.loc["fa50", "id_t2v_R1_mean"] == 9
+    assert frozen.loc["fa50", "id_t2v_R1_diff"] == 2  # paired against the frozen baseline, not the fine-tuned one
+    assert "(frozen CLIP features)" in tables[2].title and "(fine-tuned CLIP)" in tables[0].title
+    assert "CLIP encoders frozen" in tables[2].caption and "frozen" not in tables[0].caption
+    assert tuned.loc["a0", "id_t2v_R1_paper"] == 48.9 and frozen.id_t2v_R1_paper.isna().all()
+    # A file written before the regime column (schema < 5): every trial fine-tuned, the tables keep their names.
+    assert [t.key for t in build_tables(rows("anchor", ANCHOR_ARMS, final))[1]][0] == "table6"
+    path, _ = write_report("anchor", write(tmp_path, "anchor", conform(df)))
+    assert (path.parent / "table6_frozen.csv").is_file() and (path.parent / "table6_finetune.csv").is_file()
