@@ -282,6 +282,9 @@ CASES = [
     case("tmass-compat-with-clip4clip", validate("evaluation.protocol=tmass_compat"),
          "evaluation.protocol: tmass_compat reproduces how T-MASS pools candidates with their own caption; "
          "model.family 'clip4clip' pools no video by a text", group="trial-2"),
+    case("frozen-anchors-every-step", validate("model.frozen=true"),
+         "anchors.encode: every_step sends the anchor prompts through the text encoder at every step",
+         "set anchors.encode: once"),
     case("eval-names-repeated", validate("data.eval=[{name: a}, {name: a, domain: textured}]"),
          "data.eval: evaluation set names must be unique, got ['a', 'a']", group="trial-2"),
     case("pretrained-tag-unknown", validate("model.clip=ViT-B-32-quickgelu", "model.pretrained=openaii"),

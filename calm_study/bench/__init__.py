@@ -83,7 +83,9 @@ def device_line(device: torch.device) -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    load = os.getloadavg()[0]  # other work on the cores inflates every CPU figure: said next to them
+    return (f"CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average "
+            f"{load:.1f} at start")
 
 
 def run_bench(cfg: TrialConfig, what: str, opts: BenchOptions, out: Callable[[str], None] = print) -> dict:

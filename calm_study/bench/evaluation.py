@@ -8,6 +8,7 @@ section (c).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import threading
 import time
@@ -27,6 +28,17 @@ def rss_mib() -> float:
     """This process's resident set size (MiB), from /proc."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed by earlier work (an earlier section's model, its activations) back to the system, so that
+    an RSS peak measured next counts new allocations instead of reusing retained ones (glibc malloc_trim; a no-op
+    elsewhere)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class PeakRSS:
@@ -77,7 +89,7 @@ def measure_scoring(model: VideoTextModel, text_bank: Bank, video_bank: Bank, te
 
     Returns {"seconds", "peak_mib", "memory" (what peak_mib measures), "shape" (of the score matrix)}."""
     gpu = device.type == "cuda"
-    gc.collect()
+    release_freed_memory()
     if gpu:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

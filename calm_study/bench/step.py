@@ -73,6 +73,12 @@ def extrapolate(points: Sequence[tuple[float, float]], batch: float) -> float:
     return fit_linear(points).at(batch)
 
 
+def plausible(cost: LinearCost) -> bool:
+    """A step has a fixed part (the optimizer alone is one) and each pair adds to it: a > 0 and b > 0. Anything else
+    is timing noise larger than the effect of the batch size."""
+    return cost.fixed_s > 0 and cost.per_item_s > 0
+
+
 def without_calm(cfg: TrialConfig) -> TrialConfig:
     """The same trial without anchors: the CALM-free baseline of the ablation studies."""
     return replace(cfg, anchors=replace(cfg.anchors, count=0), loss=replace(cfg.loss, align="none"))
@@ -134,6 +140,9 @@ def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torc
     out(f"(a) training step time: forward ({cfg.train.precision}) + loss + backward + grad clip + AdamW step on random "
         f"frames (B, T={cfg.data.num_frames}, 3, S, S) and real-looking captions; median of {steps} step(s) after "
         f"1 warm-up step per batch size")
+    if cfg.model.frozen:
+        out("  note: model.frozen is set: these steps still feed pixels through the CLIP encoders (forward only, no "
+            "gradient reaches them); a frozen trial's real steps read cached features instead: see (d)")
     measured: dict[str, dict[int, float]] = {}
     fits: dict[str, LinearCost] = {}
     width = max(len(describe(c)) for c in arms.values())
@@ -143,7 +152,7 @@ def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torc
         fits[name] = fit_linear(list(measured[name].items()))
         shown = "  ".join(f"B={b}: {fmt_s(s)}" for b, s in measured[name].items())
         f = fits[name]
-        at_target = f"{fmt_s(f.at(target))}/step" if f.per_item_s > 0 else "n/a (b <= 0, see below)"
+        at_target = f"{fmt_s(f.at(target))}/step" if plausible(f) else "n/a (a < 0 or b <= 0, see below)"
         out(f"  {describe(c):<{width}}  {shown}  |  per item b = {f.per_item_s * 1e3:.2f} ms/pair, "
             f"fixed a = {f.fixed_s * 1e3:.1f} ms/step  |  extrapolated to train.batch_size {target}: {at_target}")
     result: dict = {**measured, "fits": fits, "batch_size": target}
@@ -153,11 +162,11 @@ def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torc
     largest = max(batches)
     calm, base = measured["calm"][largest], measured["base"][largest]
     result["overhead_measured"] = 100 * (calm - base) / base
-    if min(f.per_item_s for f in fits.values()) <= 0:
+    if not all(map(plausible, fits.values())):
         out(f"  CALM overhead (calm - base) / base: {result['overhead_measured']:+.1f} % measured at B={largest}; "
-            f"not extrapolated to B={target}: a per-item cost b <= 0 means the steps' noise exceeds what one more "
-            "pair costs at these batch sizes (fixed costs dominate a tiny model); time larger --batches or more "
-            "--steps")
+            f"not extrapolated to B={target}: a fixed cost a < 0 or a per-item cost b <= 0 means the timings vary more "
+            "than the batch size changes them (fixed costs dominate a tiny model, or the machine is busy); time "
+            "larger --batches or more --steps on an idle machine")
         return result
     calm_x, base_x = fits["calm"].at(target), fits["base"].at(target)
     result["overhead_extrapolated"] = 100 * (calm_x - base_x) / base_x

@@ -27,7 +27,7 @@ import os
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +53,13 @@ class SplitFeatures:
     rows: dict[str, int]  # video_key -> row of frames/mask
     texts: torch.Tensor  # (M, D) float32
     text_rows: dict[str, int]  # caption -> row of texts
+    _row_of: dict[VideoRecord, int] = field(default_factory=dict, repr=False)
 
     def video(self, record: VideoRecord) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, D) frame features and (T,) mask of a record of this split."""
-        i = self.rows[video_key(record)]
+        i = self._row_of.get(record)
+        if i is None:  # resolving the path costs a system call: once per record, not once per item
+            i = self._row_of[record] = self.rows[video_key(record)]
         return self.frames[i], self.mask[i]
 
     def text(self, caption: str) -> torch.Tensor:
