@@ -48,12 +48,28 @@ def set_rng_state(states: list[dict], rank: int, world_size: int) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+FROZEN_KEPT = "backbone.clip.logit_scale"  # the one backbone tensor that trains under model.frozen
+
+
+def frozen_encoder_key(name: str) -> bool:
+    """A state-dict key of the fixed CLIP encoders under model.frozen (left out of checkpoints)."""
+    return name.startswith("backbone.") and name != FROZEN_KEPT
+
+
 def save_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    epoch: int, rng: list[dict], cfg: TrialConfig) -> Path:
-    """Write folder/state.pt (epoch = number of completed epochs) and return the folder."""
+                    epoch: int, rng: list[dict], cfg: TrialConfig, frozen_weights: str | None = None) -> Path:
+    """Write folder/state.pt (epoch = number of completed epochs) and return the folder.
+
+    `frozen_weights` (model.frozen): the fingerprint of the fixed encoders, stored instead of their weights. They never
+    change and the trial rebuilds them identically (the pretrained weights, or the seeded initialisation), so a frozen
+    trial's checkpoint holds only what trains: megabytes instead of CLIP's 600 MB per epoch at ViT-B/32."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "rng": rng, "config": to_dict(cfg)}, folder / STATE_FILE)
+    weights = model.state_dict()
+    if frozen_weights is not None:
+        weights = {k: v for k, v in weights.items() if not frozen_encoder_key(k)}
+    torch.save({"model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "rng": rng, "config": to_dict(cfg), "frozen_weights": frozen_weights},
+               folder / STATE_FILE)
     return folder
 
 
@@ -76,10 +92,23 @@ LEGACY_MODULES = {"anchors": "calm.", "vae": "calm."}
 
 
 def restore(folder: Path, cfg: TrialConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-            rank: int, world_size: int, device: torch.device | str) -> int:
-    """Load a checkpoint into model, optimizer, scheduler and this worker's RNGs; returns the epochs it completed."""
+            rank: int, world_size: int, device: torch.device | str, frozen_weights: str | None = None) -> int:
+    """Load a checkpoint into model, optimizer, scheduler and this worker's RNGs; returns the epochs it completed.
+    `frozen_weights`: the fingerprint of the encoders this trial built (model.frozen), which must be the ones the
+    checkpoint was trained on, since it does not hold them."""
     state = load_checkpoint(folder, cfg, map_location=device)
-    model.load_state_dict(state["model"])
+    saved = state.get("frozen_weights")
+    if saved is not None:
+        if saved != frozen_weights:
+            raise ValueError(f"checkpoint {str(folder)!r} was trained on frozen CLIP encoders with weights "
+                             f"{str(saved)[:12]}..., but this trial built {str(frozen_weights)[:12]}... (did the "
+                             "model.pretrained file change?); it cannot be resumed with these encoders")
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        if unexpected or not all(frozen_encoder_key(k) for k in missing):
+            raise ValueError(f"checkpoint {str(folder)!r} does not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    else:
+        model.load_state_dict(state["model"])
     names = [g.get("name") for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     for group, name in zip(optimizer.param_groups, names):  # older checkpoints' groups have no names

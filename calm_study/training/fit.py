@@ -120,7 +120,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     scheduler = build_scheduler(optimizer, t.epochs * len(loader), cfg.optim.warmup_fraction)
     start_epoch = 0
     if resume_dir is not None:
-        start_epoch = restore(resume_dir, cfg, model, optimizer, scheduler, rank, world_size, device)
+        start_epoch = restore(resume_dir, cfg, model, optimizer, scheduler, rank, world_size, device,
+                              features.weights if features else None)
         log(f"resumed from {resume_dir} after epoch {start_epoch}")
     train_model = DistributedDataParallel(model) if world_size > 1 else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
@@ -180,7 +181,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
             ckpt = None
             if rank == 0:
                 ckpt = save_checkpoint(Path(tmp), model=model, optimizer=optimizer, scheduler=scheduler,
-                                       epoch=epoch + 1, rng=rngs or [rng_state()], cfg=cfg)
+                                       epoch=epoch + 1, rng=rngs or [rng_state()], cfg=cfg,
+                                       frozen_weights=features.weights if features else None)
             report(metrics, ckpt)
         headline = task.metric_names[0]
         shown = ", ".join(f"{label} {headline} {metrics[eval_key(label, headline)]:.1f}" for label in eval_sets)

@@ -39,8 +39,8 @@ class FrozenFeatures:
         self.cfg, self.model, self.frame_cache, self.device, self.log = cfg, model, frame_cache, device, log
         backbone = model.backbone
         # The logit scale lives in the backbone but trains in frozen mode too; it changes no feature.
-        fingerprint = weights_fingerprint(backbone, skip=("clip.logit_scale",))
-        self.cache = FeatureCache(feature_cache_root(cfg), fingerprint, cfg.data.num_frames, backbone.image_size,
+        self.weights = weights_fingerprint(backbone, skip=("clip.logit_scale",))
+        self.cache = FeatureCache(feature_cache_root(cfg), self.weights, cfg.data.num_frames, backbone.image_size,
                                   backbone.normalisation, cfg.data.decoder)
         self.seconds = 0.0  # spent getting features (extracting or reading), for the log
 
