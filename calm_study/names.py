@@ -17,6 +17,9 @@ RETRIEVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5
 CAPTION_METRICS = ("CIDEr", "BLEU4", "METEOR", "ROUGE_L")
 CAPTIONING_METRICS = (*CAPTION_METRICS, "trivial_CIDEr")
 TASK_METRICS: dict[str, tuple[str, ...]] = {"retrieval": RETRIEVAL_METRICS, "captioning": CAPTIONING_METRICS}
+# Evaluation splits that are validation data: a report's epoch="best" and the kept "best" checkpoint are chosen on
+# them, never on a test split (caption_val: MSR-VTT's official 497-video captioning split).
+VAL_SPLITS = ("val", "validation", "caption_val")
 # What a report's epoch="best" maximises on the validation set, per task.
 SELECT_METRIC: dict[str, str] = {"retrieval": "t2v_R1", "captioning": "CIDEr"}
 
@@ -59,6 +62,7 @@ def loss_column(term: str) -> str:
 
 # ---- data ------------------------------------------------------------------------------------------------------
 DATA_ENV = "CALM_STUDY_DATA"  # a folder with one sub-folder per dataset (msrvtt/, didemo/, lsmdc/, msvd/)
+VERBOSE_ENV = "CALM_STUDY_VERBOSE"  # 1: `run` shows Ray's own output too (as `run --verbose`)
 
 
 # ---- training regimes (the `regime` results column) --------------------------------------------------------------

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from calm_study.configio import flatten
-from calm_study.names import SELECT_METRIC
+from calm_study.names import SELECT_METRIC, VAL_SPLITS
 
-VAL_SPLITS = ("val", "validation", "caption_val")  # caption_val: MSR-VTT's official 497-video captioning split
 TRIAL = ["arm_id", "seed"]
 
 

@@ -22,10 +22,21 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from calm_study.config import TrialConfig
 from calm_study.configio import set_path
 from calm_study.data.sources import check_all_videos, check_weights, preflight
 from calm_study.external import require_java
-from calm_study.names import METRIC_LOG, TRAIN_FOLDER, TRIAL_FILE, TUNE_FOLDER, run_name, trial_key
+from calm_study.names import (
+    METRIC_LOG,
+    SELECT_METRIC,
+    TRAIN_FOLDER,
+    TRIAL_FILE,
+    TUNE_FOLDER,
+    VAL_SPLITS,
+    eval_key,
+    run_name,
+    trial_key,
+)
 from calm_study.progress import say
 from calm_study.study.identity import arm_id
 from calm_study.study.optuna_export import export_optuna
@@ -112,7 +123,7 @@ def _driver(config: dict) -> None:
     run_config = ray.train.RunConfig(
         name=name, storage_path=rt["train_uri"],
         callbacks=[EpochLog(rt["storage"], log_path), TuneReportCallback()],  # the log first (docs/ray.md)
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=checkpoint_config(trial_from_dict(trial["trial"], f"trial {trial['key']}")),
         failure_config=ray.train.FailureConfig(max_failures=rt["train_retries"]),
     )
     gpus = rt["gpus_per_worker"]
@@ -120,6 +131,38 @@ def _driver(config: dict) -> None:
     scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0, resources_per_worker=per_worker)
     loop_config = {k: trial[k] for k in ("trial", "key", "arm_id", "seed")}
     TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
+
+
+def checkpoint_config(cfg: TrialConfig) -> ray.train.CheckpointConfig:
+    """Keep only the checkpoints that matter: the latest (what resuming needs; Ray Train always keeps it) and, when an
+    in-domain validation set picks a best epoch (report --epoch best), the best one by that set's metric."""
+    val = [ref for ref in cfg.data.eval if ref.split in VAL_SPLITS and ref.dataset == cfg.data.train.dataset]
+    if not val:
+        return ray.train.CheckpointConfig(num_to_keep=1)
+    return ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_order="max",
+                                      checkpoint_score_attribute=eval_key(val[0].label, SELECT_METRIC[cfg.task]))
+
+
+class TrialProgress(ray.tune.Callback):
+    """In the driver: one line whenever the count of done / running / pending trials changes, and one per failed
+    attempt (Ray's own output is filtered from a quiet console: calm_study/study/console.py)."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        states = [t.status for t in trials]
+        counts = {"done": states.count("TERMINATED"), "running": states.count("RUNNING"),
+                  "pending": states.count("PENDING") + states.count("PAUSED"), "failed": states.count("ERROR")}
+        line = ", ".join(f"{n} {what}" for what, n in counts.items() if n or what != "failed")
+        if line != self.last:
+            self.last = line
+            say(f"trials: {line}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        key = trial.config.get("trial", {}).get("key", trial.trial_id)
+        say(f"[{key}] this attempt failed; Ray retries it up to failures.trial_retries times; `python -m calm_study "
+            f"status` and the end of the run say why (--verbose shows the traceback as it happens)")
 
 
 def driver_resources(study: Study) -> dict:
@@ -231,10 +274,12 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                               "default), or `auto` on a node of the cluster") from None
 
 
-def run_study(study: Study, address: str | None = None, fresh: bool = False) -> tuple[Path, StudyStatus]:
+def run_study(study: Study, address: str | None = None, fresh: bool = False,
+              verbose: bool = False) -> tuple[Path, StudyStatus]:
     """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
     fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
+    verbose=False keeps Ray's own logging to errors (the console filter, study/console.py, does the rest).
     """
     trials = expand(study)
     files = StudyFiles(study)
@@ -258,10 +303,12 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
         say(f"archived the earlier run of {study.name} to {target}")
     trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
     check_same_study(study, trials)
+    ray_level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("ray").setLevel(ray_level)
     if not ray.is_initialized():
         if address:  # a running cluster: its dashboard and State API are the cluster's own (start it with them on)
             try:
-                ray.init(address=address, log_to_driver=True)
+                ray.init(address=address, log_to_driver=True, logging_level=ray_level)
             except ConnectionError as e:
                 raise StudyStateError(f"--address {address}: no Ray cluster could be reached ({e}); start one "
                                       "with `ray start --head`, or run without --address to start Ray on this "
@@ -274,7 +321,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
         else:
             # The dashboard keeps the State API up, which Train V2 needs to free the placement groups of stopped
             # trials (docs/ray.md); it also serves the jobs API, so it stays bound to localhost.
-            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, logging_level=ray_level)
     trainable = ray.tune.with_resources(_driver, driver_resources(study))
     tune_uri = files.storage.uri(study.name, TUNE_FOLDER)
     if ray.tune.Tuner.can_restore(tune_uri):
@@ -286,6 +333,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False) -> 
             tune_config=tune_config(study),
             # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
             run_config=ray.tune.RunConfig(name=TUNE_FOLDER, storage_path=files.storage.uri(study.name), verbose=0,
+                                          callbacks=[TrialProgress()],
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=study.failures.trial_retries)),
         )
