@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -55,20 +56,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+CONSOLE_WIDTH = 120  # the end-of-run table fits it; the report has every column
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from calm_study.report import main_table
-    from calm_study.study.ray_runner import run_study
+    from calm_study.study.console import quiet_console, verbose_requested
     from calm_study.study.spec import load_study
+
+    verbose = verbose_requested(args.verbose)
+    if not verbose:
+        quiet_console()  # before Ray is imported, so that its log handlers write through the filter
+    from calm_study.study.ray_runner import run_study
     from calm_study.study.state import describe, study_trials
 
     study = load_study(args.study, args.preset, args.sets)
-    path, status = run_study(study, address=args.address, fresh=args.fresh)
+    again = "python -m calm_study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        path, status = run_study(study, address=args.address, fresh=args.fresh, verbose=verbose)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished epoch is kept (its metrics and checkpoint are in {study.storage}); to "
+              f"continue where each trial stopped, run the same command again:\n  {again}", file=sys.stderr)
+        return 130
     df = pd.read_parquet(path)
-    print(main_table(df, study.name))
-    print(describe(study, study_trials(study), status))
-    print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r})")
+    print(main_table(df, study.name, width=CONSOLE_WIDTH))
+    print(describe(study, study_trials(study), status, best=False))
+    if any(s in ("incomplete", "interrupted") for s in status.statuses.values()):
+        print(f"to continue where each trial stopped, run the same command again:\n  {again}")
+    print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r}); every "
+          f"table, interval and note: python -m calm_study report {shlex.quote(args.study)}"
+          + (f" --preset {args.preset}" if args.preset else ""))
     return 0 if set(status.statuses.values()) <= {"completed", "stopped_early"} else 1
 
 
@@ -84,6 +103,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in trials:
         print(f"  {t.key}  {status.statuses[t.key]:<10} epochs {status.epochs_done[t.key]}/{t.config.train.epochs}  "
               f"{json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
+    from calm_study.study.disk import usage_lines
+
+    print("\n".join(usage_lines(study, [t.config for t in trials])))
     return 0
 
 
@@ -207,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
     p.add_argument("--fresh", action="store_true",
                    help="archive an earlier run of this study (storage and results moved aside) and start again")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output too (its logs, every worker's lines); also CALM_STUDY_VERBOSE=1")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="write results/<study>/_report/ (Markdown, CSV, LaTeX, PNG) and print the table")
     _study_args(p)

@@ -1,8 +1,12 @@
 """A real Ray Tune + Ray Train run of a 2-trial study through the CLI, its Parquet, and an idempotent re-run."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +14,13 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_quiet(console: str) -> None:
+    """A normal run's console: calm_study's lines, none of Ray's internals or misleading pointers."""
+    for noise in ("core_worker.cc", "(raylet)", "Traceback", "Tuner.restore", "tensorboard", "TrainController",
+                  "RayTrainWorker", "Token authentication"):
+        assert noise not in console, (noise, console[-3000:])
 
 
 @pytest.mark.slow
@@ -30,9 +41,29 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(study))
     cmd = [sys.executable, "-m", "calm_study", "run", str(path)]
+
+    # Ctrl-C after the first epoch: calm_study says how to go on (the same command), not Ray's Tuner.restore.
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+        deadline = time.time() + 600
+        while "epoch 1/2" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(300)
+    text = log.read_text()
+    assert "run the same command again" in text and f"calm_study run {path}" in text, text[-3000:]
+    assert_quiet(text)
+
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 completed" in run.stdout
+    assert_quiet(run.stdout + run.stderr)
+    assert "trials: 2 done, 0 running, 0 pending" in run.stderr  # the live count
+    assert re.search(r"^\[[0-9a-f]{10}-s7\] epoch 2/2: loss ", run.stderr, flags=re.M)  # one line per epoch per trial
+    table = run.stdout[run.stdout.index("two: "):run.stdout.index("study two:")]
+    assert max(map(len, table.splitlines())) <= 120, table
 
     df = pd.read_parquet(tmp_path / "results" / "two")
     assert len(df) == 2 * 2 * 2  # trials x epochs x evaluation sets

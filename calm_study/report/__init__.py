@@ -50,14 +50,19 @@ def _title(df: pd.DataFrame, study_name: str, sel: Selection) -> str:
             f"{len(trials)} trial(s) at the {sel.label}; left out: {sel.excluded_text()}")
 
 
-def main_table(df: pd.DataFrame, study_name: str, epoch: str | int = "final") -> str:
-    """The study's main table (the first applicable layout) as plain text, for the console."""
-    from calm_study.report.render import to_text
+def main_table(df: pd.DataFrame, study_name: str, epoch: str | int = "final", width: int | None = None) -> str:
+    """The study's main table (the first applicable layout) as plain text, for the console; with `width`, only the
+    columns that fit in it (the means, n and the first difference from the baseline; the report has the rest)."""
+    from calm_study.report.render import to_console, to_text
     from calm_study.study.results import conform
 
     try:
         sel, tables = build_tables(conform(df), epoch)
-        return _title(df, study_name, sel) + "\n" + to_text(tables[0])
+        if width is None:
+            return _title(df, study_name, sel) + "\n" + to_text(tables[0])
+        import textwrap
+
+        return textwrap.fill(_title(df, study_name, sel), width) + "\n" + to_console(tables[0], width)
     except ReportError as e:
         return f"{study_name}: no table yet ({e})"
     except Exception as e:  # noqa: BLE001 - the end-of-run summary must never fail a finished study

@@ -119,6 +119,35 @@ def to_text(table: Table) -> str:
     return "\n".join(lines + [f"  {n}" for n in table.notes + unpaired_notes(table)])
 
 
+def to_console(table: Table, width: int = 120) -> str:
+    """The table in at most `width` columns: labels, metric means, n and the first Δ vs the baseline (metrics are
+    dropped from the right until it fits); title and caption wrapped. The report holds every column and note."""
+    import textwrap
+
+    heads, rows, _ = display(table)
+    n_labels, n_metrics = len(table.labels), len(table.metrics)
+    first_delta = next((i for i, h in enumerate(heads) if h.startswith("Δ ")), None)
+    metrics = n_metrics
+
+    def columns(k: int) -> list[int]:
+        cols = list(range(n_labels + k)) + [n_labels + n_metrics]  # labels, k metrics, n
+        return cols + ([first_delta] if first_delta is not None else [])
+
+    def render(cols: list[int]) -> list[str]:
+        widths = [max(len(r[c]) for r in [heads, *rows]) for c in cols]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return [fmt.format(*(r[c] for c in cols)).rstrip() for r in [heads, *rows]]
+
+    lines = render(columns(metrics))
+    while metrics > 1 and max(map(len, lines)) > width:
+        metrics -= 1
+        lines = render(columns(metrics))
+    wrap = [textwrap.fill(table.title, width), textwrap.fill(table.caption, width)]
+    left = n_metrics - metrics
+    more = f" and {left} more metric(s)" if left else ""
+    return "\n".join(wrap + lines + [f"  (95% intervals, paper values{more}: the report)"])
+
+
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
         "}": r"\}", "±": r"$\pm$", "—": "--", "−": "-", "Δ": r"$\Delta$", "→": r"$\to$", "×": r"$\times$",
         "α": r"$\alpha$", "@": "@"}

@@ -69,17 +69,20 @@ class StudyFiles:
 def check_writable(storage: Storage, folder: str, what: str) -> None:
     """Fail now, not after hours of training, if `folder` cannot be created or written."""
     probe = f"{folder}/.write-test-{os.getpid()}"
-    created = []  # the folders this check creates, deepest first: removed again, so a failed run leaves nothing
+    # The folders this check creates, deepest first: removed again, so a failed run leaves nothing. On object stores
+    # too: pyarrow's create_dir leaves an empty marker object per level, and a left-over study folder would make
+    # --fresh see an earlier run (and refuse, as it cannot archive there) where there was none.
+    created = []
     parent = folder
-    while parent and not storage.exists(parent) and not storage.is_uri:
+    while parent and not storage.exists(parent):
         created.append(parent)
-        parent = os.path.dirname(parent.rstrip("/"))
+        parent = storage.parent(parent)
     try:
         storage.makedirs(folder)
         storage.write_text(probe, "ok")
         storage.delete_file(probe)
         for path in created:
-            os.rmdir(path)
+            storage.remove_empty_dir(path)
     except OSError as e:
         raise StudyStateError(f"{what}: cannot write to {folder!r} ({e.strerror or e}); choose a folder (or bucket) "
                               "this user can write (on a cluster: one that every node sees)") from None
@@ -144,12 +147,19 @@ def archive(study: Study) -> str | None:
     """Move the study's storage and Parquet aside (never deleted) so it can start again; returns the archive."""
     files = StudyFiles(study)
     results = results_path(study).parent
-    if not files.storage.exists(files.root) and not results.exists():
+    stored = files.storage.exists(files.root)
+    if not stored and not results.exists():
         return None
+    if stored and not files.storage.can_move:
+        # Refused before anything is created or moved: an object store cannot rename a folder, and copying every
+        # checkpoint would be slow and half-done after an interruption.
+        raise StudyStateError(f"--fresh: {files.storage.uri(study.name)} cannot be archived ({files.storage.scheme}:// "
+                              "storage has no folder rename); nothing was changed. Run the study under a new name "
+                              "(--set name=...), or delete that prefix yourself and run again")
     target = files.storage.path(f"{study.name}.archived-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        files.storage.makedirs(target)
-        if files.storage.exists(files.root):
+        if stored:
+            files.storage.makedirs(target)
             files.storage.move(files.root, f"{target}/storage")
     except OSError as e:
         raise StudyStateError(f"--fresh: cannot archive {files.root!r} ({e}); run the study under a new name "
@@ -159,6 +169,8 @@ def archive(study: Study) -> str | None:
         local = Path(target) if not files.storage.is_uri else results.parent / Path(target).name
         local.mkdir(parents=True, exist_ok=True)
         results.rename(local / "results")
+        if not stored and files.storage.is_uri:
+            return str(local)  # nothing was in the object store: the results archive is all there is
     return target
 
 
@@ -300,8 +312,9 @@ def write_study_results(study: Study, trials: list[Trial], trial_ids: dict[str, 
     return write_parquet_atomic(df, results_path(study)), status
 
 
-def describe(study: Study, trials: list[Trial], status: StudyStatus) -> str:
-    """A few lines for people: counts, the failed trials and why, the best result so far."""
+def describe(study: Study, trials: list[Trial], status: StudyStatus, best: bool = True) -> str:
+    """A few lines for people: counts, the failed trials and why, and (best=True, for `status` while a study runs)
+    the best epoch so far."""
     arms = {t.key: t for t in trials}
     lines = [f"study {study.name}: {len(trials)} trials: "
              + ", ".join(f"{n} {s}" for s, n in status.counts().items())]
@@ -314,7 +327,7 @@ def describe(study: Study, trials: list[Trial], status: StudyStatus) -> str:
     if status.skipped:
         lines.append("  unreadable videos skipped (data.on_error skip): "
                      + ", ".join(f"{name} {n}" for name, n in status.skipped.items()))
-    if status.best:
+    if best and status.best:
         key, value = status.best
         lines.append(f"  best epoch so far (progress only): {metric_key(study)} = {value:.2f} ({key} "
                      f"{json.dumps(arms[key].swept, sort_keys=True)})")
