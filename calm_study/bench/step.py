@@ -19,7 +19,7 @@ from calm_study.config import TrialConfig
 from calm_study.models.families import build_model
 from calm_study.progress import say
 from calm_study.tasks import build_task
-from calm_study.training.fit import seed_everything, step_terms
+from calm_study.training.fit import seed_everything, step_terms, update
 from calm_study.training.optim import build_optimizer, build_scheduler
 
 # MSR-VTT-like captions (about 8-16 CLIP tokens each, like the real ones); batches cycle through them.
@@ -111,12 +111,7 @@ def time_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: tor
             tic = time.perf_counter()
             with autocast:
                 terms = step_terms(task, model, model(batch), weights)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            update(model, terms["total"], optimizer, scheduler, cfg.optim.grad_clip)
             _sync(device)
             if i:
                 times.append(time.perf_counter() - tic)

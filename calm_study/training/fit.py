@@ -60,6 +60,17 @@ def step_terms(task: Task, model: VideoTextModel, out: dict, weights: dict[str, 
     return terms
 
 
+def update(model: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler,
+           grad_clip: float) -> None:
+    """One optimisation step from a batch's total loss: backward, clip the global gradient norm, AdamW, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu",
         resume_dir: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train one trial; returns the last epoch's metrics."""
@@ -141,12 +152,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
             if not all_finite(terms["total"]):
                 finite = False
                 break
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            update(model, terms["total"], optimizer, scheduler, cfg.optim.grad_clip)
             done_steps += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
