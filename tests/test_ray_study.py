@@ -106,3 +106,7 @@ def test_demo_anchor_ablation_runs_frozen_and_its_trials_share_the_feature_cache
     assert set(df.status) == {"completed"} and df.t2v_R1.between(0, 100).all()
     assert len(list(features.rglob("*.npz"))) == 3  # synthetic plain train, plain test, textured test
     assert "CLIP encoders frozen" in run.stdout  # the end-of-run table says which regime it shows
+    assert_quiet(run.stdout + run.stderr)  # a demo run's console: calm_study's lines only
+    table = run.stdout[run.stdout.index("anchor_ablation: "):run.stdout.index("study anchor_ablation:")]
+    assert max(map(len, table.splitlines())) <= 120, table
+    assert len(re.findall(r"^\[[0-9a-f]{10}-s0\] epoch \d/2: ", run.stderr, flags=re.M)) == 6 * 2
