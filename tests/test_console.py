@@ -33,7 +33,8 @@ RAY_LINES = [
 def test_calm_study_lines_pass_and_rays_do_not():
     worker = f"{ESC}[36m(RayTrainWorker pid=19425){ESC}[0m {OURS}"
     assert keep(worker) == OURS  # the actor prefix goes, the line stays
-    deduped = f"{ESC}[36m(RayTrainWorker pid=1, ip=10.0.0.2){ESC}[0m {OURS}{ESC}[32m [repeated 4x across cluster]{ESC}[0m"
+    deduped = (f"{ESC}[36m(RayTrainWorker pid=1, ip=10.0.0.2){ESC}[0m {OURS}"
+               f"{ESC}[32m [repeated 4x across cluster]{ESC}[0m")
     assert keep(deduped) == OURS
     for line in ("trials: 2 done, 0 running, 0 pending", "resuming study two from /tmp/runs/two/tune",
                  "anchors K  anchor source  R@1  R@5   MnR   n  Δ R@1 [95% CI]", "",
