@@ -54,6 +54,7 @@ from calm_study.study.state import (
     write_study_results,
 )
 from calm_study.study.storage import Storage
+from calm_study.study.tracking import EpochTracker, publish_settings, require_mlflow, sync_study
 from calm_study.training.fit import fit
 from calm_study.validate import absolute_paths, trial_from_dict, trial_to_dict
 
@@ -67,10 +68,12 @@ class EpochLog(ray.train.UserCallback):
 
     def __init__(self, storage: str, log_path: str):
         self.storage, self.log_path = storage, log_path  # strings: the callback is pickled to the controller
+        self.tracking = EpochTracker(storage, log_path)  # MLflow, when the study configures it (study/tracking.py)
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         record = {**metrics[0], "checkpoint": checkpoint.path if checkpoint else None, "logged_at": time.time()}
         Storage(self.storage).append_line(self.log_path, json.dumps(record))
+        self.tracking.after_epoch()  # after the line is durable; never raises
 
 
 def _worker_loop(config: dict) -> None:
@@ -294,6 +297,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
         check_reachable(address)
     check_writable(files.storage, files.root, "storage")
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
+    require_mlflow(study)  # tracking.mlflow configured: the mlflow package is installed
     source = f"study {study.name}"
     configs = [t.config for t in trials]
     preflight(configs, source)  # every split's annotations
@@ -303,6 +307,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
         say(f"archived the earlier run of {study.name} to {target}")
     trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
     check_same_study(study, trials)
+    publish_settings(study, trials)  # where the Train controllers log each epoch to MLflow (if configured)
     ray_level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("ray").setLevel(ray_level)
     if not ray.is_initialized():
@@ -342,4 +347,5 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     path, status = write_study_results(study, trials)
     if is_optuna(study):
         say(f"Optuna database for optuna-dashboard: {export_optuna(study, trials, status)}")
+    sync_study(study, trials, status)  # MLflow: every trial up to its metric log, the result files (if configured)
     return path, status

@@ -8,6 +8,7 @@
         - {anchors.count: 0, loss.align: none}       #   crossed with the grid
     seeds: [0, 1]                                    # every arm runs once per seed
     presets: {demo: {base: {...}, seeds: [0]}}       # merged into the document by --preset
+    tracking: {mlflow: {uri: sqlite:///mlflow.db}}   # optional: an MLflow run per trial (docs/tracking.md)
 
 Loading is strict: every problem (unknown key, wrong type, bad value, bad search key) is reported at once.
 """
@@ -82,6 +83,21 @@ class FailureSpec:
 
 
 @dataclass(frozen=True)
+class MlflowSpec:
+    uri: str = ""  # tracking URI: http(s)://host:port of an MLflow server, or sqlite:///file.db (relative: to the cwd)
+    experiment: str = ""  # the MLflow experiment; default: the study name
+    # Where a new experiment keeps its artifacts (a folder or a URI); default: the server's choice (for a sqlite:///
+    # store: mlruns/ beside the database file). Used only when calm_study creates the experiment.
+    artifact_location: str = ""
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    # Present: every trial becomes an MLflow run, logged per epoch, plus one run for the study (docs/tracking.md).
+    mlflow: MlflowSpec | None = None
+
+
+@dataclass(frozen=True)
 class Study:
     name: str = ""  # study name: names the storage folder and results/<name>/
     description: str = ""
@@ -95,6 +111,7 @@ class Study:
     storage: str = "runs"  # Ray storage for the Tune experiment, Train checkpoints and metric logs
     results_dir: str = "results"  # Parquet goes to <results_dir>/<name>/
     presets: dict[str, Any] = field(default_factory=dict)  # name -> partial study document (merged by --preset)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)  # experiment tracking (off unless configured)
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,9 @@ def _check_study(s: Study) -> list[str]:
         errs.append("resources.gpus_per_worker: a fraction of a GPU is only allowed with num_workers 1 (two ranks of "
                     "one trial could land on the same GPU)")
     errs += _check_search(s)
+    if s.tracking.mlflow is not None and not s.tracking.mlflow.uri.strip():
+        errs.append("tracking.mlflow.uri: must be non-empty: an MLflow server (http://host:5000) or a local store "
+                    "(sqlite:///mlflow.db); remove tracking.mlflow to run without tracking")
     valid = dataclass_paths(TrialConfig)
     keys = list(s.search.grid) + [k for row in s.search.combinations for k in row] + list(s.search.space)
     for k in dict.fromkeys(keys):
