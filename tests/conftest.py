@@ -18,6 +18,23 @@ TINY = {
 }
 
 
+def two_trial_study(name: str, storage: str, results_dir: str, cache_dir: str = "", epochs: int = 2) -> dict:
+    """A study document of 2 trials (no anchors; 20 anchors) of calm-tiny on the tiny synthetic data, evaluated on both
+    synthetic domains: what the Ray tests run (on local, file://, s3:// storage; with or without tracking)."""
+    import copy
+
+    base = copy.deepcopy(TINY)
+    if cache_dir:
+        base["data"]["cache_dir"] = cache_dir
+    base["data"]["eval"] = [{"name": "plain", "domain": "plain"}, {"name": "textured", "domain": "textured"}]
+    base["train"]["epochs"] = epochs
+    return {"name": name, "base": base,
+            "search": {"combinations": [{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}]},
+            "seeds": [7], "metric": {"name": "t2v_R1", "eval_set": "plain"},
+            "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
+            "storage": storage, "results_dir": results_dir}
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("calm_cache")

@@ -1,6 +1,5 @@
 """A real Ray Tune + Ray Train run of a 2-trial study through the CLI, its Parquet, and an idempotent re-run."""
 
-import json
 import os
 import re
 import signal
@@ -25,19 +24,10 @@ def assert_quiet(console: str) -> None:
 
 @pytest.mark.slow
 def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
-    from .conftest import TINY
+    from .conftest import two_trial_study
 
-    base = json.loads(json.dumps(TINY))
-    base["data"]["cache_dir"] = str(data_cache)
-    base["data"]["eval"] = [{"name": "plain", "domain": "plain"}, {"name": "textured", "domain": "textured"}]
-    study = {
-        "name": "two", "base": base,
-        "search": {"combinations": [{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}]},
-        "seeds": [7], "metric": {"name": "t2v_R1", "eval_set": "plain"},
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
-        # An object-store style URI: the storage goes through pyarrow's filesystems like s3:// or gs:// would.
-        "storage": f"file://{tmp_path / 'runs'}", "results_dir": str(tmp_path / "results"),
-    }
+    # An object-store style URI: the storage goes through pyarrow's filesystems like s3:// or gs:// would.
+    study = two_trial_study("two", f"file://{tmp_path / 'runs'}", str(tmp_path / "results"), str(data_cache))
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(study))
     cmd = [sys.executable, "-m", "calm_study", "run", str(path)]

@@ -219,19 +219,9 @@ def logged_epochs(client, prefix: str) -> dict[str, list[int]]:
 
 @pytest.mark.slow
 def test_study_on_s3_killed_mid_study_resumes_and_reports(s3, s3_endpoint, tmp_path, data_cache):
-    from .conftest import TINY
+    from .conftest import two_trial_study
 
-    base = json.loads(json.dumps(TINY))
-    base["data"]["cache_dir"] = str(data_cache)
-    base["data"]["eval"] = [{"name": "plain", "domain": "plain"}, {"name": "textured", "domain": "textured"}]
-    base["train"]["epochs"] = 3
-    study = {
-        "name": "s3study", "base": base,
-        "search": {"combinations": [{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}]},
-        "seeds": [7], "metric": {"name": "t2v_R1", "eval_set": "plain"},
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
-        "storage": f"s3://{s3.bucket}/runs", "results_dir": str(tmp_path / "results"),
-    }
+    study = two_trial_study("s3study", f"s3://{s3.bucket}/runs", str(tmp_path / "results"), str(data_cache), epochs=3)
     path = tmp_path / "s3study.yaml"
     path.write_text(yaml.safe_dump(study))
     train_prefix = "runs/s3study/train/"

@@ -32,19 +32,9 @@ def _no_telemetry(monkeypatch):
 
 
 def study_doc(tmp_path: Path, uri: str | None, cache: str = "") -> dict:
-    from .conftest import TINY
+    from .conftest import two_trial_study
 
-    base = json.loads(json.dumps(TINY))
-    if cache:
-        base["data"]["cache_dir"] = cache
-    base["data"]["eval"] = [{"name": "plain", "domain": "plain"}, {"name": "textured", "domain": "textured"}]
-    doc = {
-        "name": "two", "base": base,
-        "search": {"combinations": [{"anchors.count": 0, "loss.align": "none"}, {"anchors.count": 20}]},
-        "seeds": [7], "metric": {"name": "t2v_R1", "eval_set": "plain"},
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2},
-        "storage": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
-    }
+    doc = two_trial_study("two", str(tmp_path / "runs"), str(tmp_path / "results"), cache)
     if uri is not None:
         doc["tracking"] = {"mlflow": {"uri": uri}}
     return doc
