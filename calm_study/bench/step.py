@@ -89,34 +89,59 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torch.device) -> dict[int, float]:
-    """Median seconds of `steps` full training steps (after one warm-up step) at each batch size."""
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg).to(device)
-    model.train()
-    task = build_task(cfg)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, 1_000_000, cfg.optim.warmup_fraction)  # stepped as fit does; rate moot
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
-    weights = {**task.term_weights(), **model.term_weights()}
-    t, s = cfg.data.num_frames, model.image_size
-    medians: dict[int, float] = {}
+class _Stepper:
+    """One config's model, task and optimizer, ready to time full training steps as fit.py runs them."""
+
+    def __init__(self, cfg: TrialConfig, device: torch.device):
+        seed_everything(cfg.train.seed)
+        self.cfg, self.device = cfg, device
+        self.model = build_model(cfg).to(device)
+        self.model.train()
+        self.task = build_task(cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, 1_000_000, cfg.optim.warmup_fraction)  # rate moot here
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+        self.weights = {**self.task.term_weights(), **self.model.term_weights()}
+
+    def batch(self, b: int) -> dict:
+        t, s = self.cfg.data.num_frames, self.model.image_size
+        return {"frames": torch.randn(b, t, 3, s, s, device=self.device),  # (B, T, 3, S, S), like normalised pixels
+                "mask": torch.ones(b, t, dtype=torch.bool, device=self.device),  # (B, T)
+                "tokens": self.model.tokenize(captions(b)).to(self.device)}  # (B, L)
+
+    def step(self, batch: dict) -> float:
+        """Seconds of one training step: forward, loss terms, backward, clipping, AdamW and schedule."""
+        _sync(self.device)
+        tic = time.perf_counter()
+        with self.autocast:
+            terms = step_terms(self.task, self.model, self.model(batch), self.weights)
+        update(self.model, terms["total"], self.optimizer, self.scheduler, self.cfg.optim.grad_clip)
+        _sync(self.device)
+        return time.perf_counter() - tic
+
+
+def time_steps(cfgs: dict[str, TrialConfig], batches: Sequence[int], steps: int, device: torch.device
+               ) -> dict[str, dict[int, float]]:
+    """Median seconds of `steps` full training steps (after one warm-up step each) per config and batch size.
+
+    The configs are timed side by side, their steps interleaved (and the order flipped every round), so that a
+    machine that slows down or speeds up while the benchmark runs moves every config's figures alike and leaves their
+    ratio, the overhead, intact."""
+    steppers = {name: _Stepper(c, device) for name, c in cfgs.items()}
+    medians: dict[str, dict[int, float]] = {name: {} for name in cfgs}
     for b in batches:
-        batch = {"frames": torch.randn(b, t, 3, s, s, device=device),  # (B, T, 3, S, S), like normalised pixels
-                 "mask": torch.ones(b, t, dtype=torch.bool, device=device),  # (B, T)
-                 "tokens": model.tokenize(captions(b)).to(device)}  # (B, L)
-        times = []
-        for i in range(steps + 1):  # step 0 warms up (allocator, kernels, lazy buffers) and is not counted
-            _sync(device)
-            tic = time.perf_counter()
-            with autocast:
-                terms = step_terms(task, model, model(batch), weights)
-            update(model, terms["total"], optimizer, scheduler, cfg.optim.grad_clip)
-            _sync(device)
-            if i:
-                times.append(time.perf_counter() - tic)
-        medians[b] = statistics.median(times)
-        say(f"  ... B={b}: {fmt_s(medians[b])}/step")
+        batches_of = {name: st.batch(b) for name, st in steppers.items()}
+        times: dict[str, list[float]] = {name: [] for name in cfgs}
+        order = list(steppers)
+        for i in range(steps + 1):  # round 0 warms up (allocator, kernels, lazy buffers) and is not counted
+            for name in order:
+                seconds = steppers[name].step(batches_of[name])
+                if i:
+                    times[name].append(seconds)
+            order.reverse()
+        for name in cfgs:
+            medians[name][b] = statistics.median(times[name])
+        say(f"  ... B={b}: " + ", ".join(f"{name} {fmt_s(medians[name][b])}/step" for name in cfgs))
     return medians
 
 
@@ -134,16 +159,16 @@ def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torc
     arms = {"calm": cfg, "base": without_calm(cfg)} if cfg.anchors.count > 0 else {"base": cfg}
     out(f"(a) training step time: forward ({cfg.train.precision}) + loss + backward + grad clip + AdamW step on random "
         f"frames (B, T={cfg.data.num_frames}, 3, S, S) and real-looking captions; median of {steps} step(s) after "
-        f"1 warm-up step per batch size")
+        f"1 warm-up step per batch size, the configs' steps interleaved")
     if cfg.model.frozen:
         out("  note: model.frozen is set: these steps still feed pixels through the CLIP encoders (forward only, no "
             "gradient reaches them); a frozen trial's real steps read cached features instead: see (d)")
-    measured: dict[str, dict[int, float]] = {}
     fits: dict[str, LinearCost] = {}
     width = max(len(describe(c)) for c in arms.values())
+    say(f"(a) timing {' and '.join(describe(c) for c in arms.values())} side by side at B = "
+        f"{', '.join(map(str, batches))} ...")
+    measured = time_steps(arms, batches, steps, device)
     for name, c in arms.items():
-        say(f"(a) timing {describe(c)} at B = {', '.join(map(str, batches))} ...")
-        measured[name] = time_steps(c, batches, steps, device)
         fits[name] = fit_linear(list(measured[name].items()))
         shown = "  ".join(f"B={b}: {fmt_s(s)}" for b, s in measured[name].items())
         f = fits[name]
