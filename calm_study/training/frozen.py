@@ -42,7 +42,6 @@ class FrozenFeatures:
         self.weights = weights_fingerprint(backbone, skip=("clip.logit_scale",))
         self.cache = FeatureCache(feature_cache_root(cfg), self.weights, cfg.data.num_frames, backbone.image_size,
                                   backbone.normalisation, cfg.data.decoder)
-        self.seconds = 0.0  # spent getting features (extracting or reading), for the log
 
     def __call__(self, records: Sequence[VideoRecord], label: str) -> SplitFeatures:
         tic = time.perf_counter()
@@ -54,7 +53,6 @@ class FrozenFeatures:
         finally:
             backbone.train(was_training)
         took = time.perf_counter() - tic
-        self.seconds += took
         self.log(f"features of {label}: {features.frames.shape[0]} videos, {features.texts.shape[0]} captions "
                  f"({took:.1f}s)")
         return features
