@@ -61,3 +61,16 @@ def test_a_ray_log_record_goes_with_its_traceback_and_partial_lines_wait():
     assert out.getvalue() == ""  # not a whole line yet
     stream.write(" 1 running, 0 pending\n" + RAY_LINES[6] + "\nresults: x.parquet\n")
     assert out.getvalue() == "trials: 1 done, 1 running, 0 pending\nresults: x.parquet\n"
+
+
+def test_the_live_count_includes_trials_tune_has_not_created_yet(capsys):
+    from types import SimpleNamespace
+
+    from calm_study.study.ray_runner import TrialProgress
+
+    progress = TrialProgress(6)  # a 6-trial grid, of which Tune has created 3 so far
+    progress.on_step_end(0, [SimpleNamespace(status=s) for s in ("TERMINATED", "RUNNING", "PENDING")])
+    progress.on_step_end(1, [SimpleNamespace(status=s) for s in ("TERMINATED", "RUNNING", "PENDING")])  # unchanged
+    progress.on_step_end(2, [SimpleNamespace(status=s) for s in ("TERMINATED", "ERROR", "RUNNING")])
+    assert capsys.readouterr().err.splitlines() == ["trials: 1 done, 1 running, 4 pending",
+                                                    "trials: 1 done, 1 running, 3 pending, 1 failed"]

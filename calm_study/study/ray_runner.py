@@ -150,13 +150,15 @@ class TrialProgress(ray.tune.Callback):
     """In the driver: one line whenever the count of done / running / pending trials changes, and one per failed
     attempt (Ray's own output is filtered from a quiet console: calm_study/study/console.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int) -> None:
+        self.total = total  # Tune creates grid trials a few at a time: pending counts the ones not created yet too
         self.last = ""
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         states = [t.status for t in trials]
-        counts = {"done": states.count("TERMINATED"), "running": states.count("RUNNING"),
-                  "pending": states.count("PENDING") + states.count("PAUSED"), "failed": states.count("ERROR")}
+        counts = {"done": states.count("TERMINATED"), "running": states.count("RUNNING"), "pending": 0,
+                  "failed": states.count("ERROR")}
+        counts["pending"] = max(self.total, len(states)) - counts["done"] - counts["running"] - counts["failed"]
         line = ", ".join(f"{n} {what}" for what, n in counts.items() if n or what != "failed")
         if line != self.last:
             self.last = line
@@ -166,6 +168,11 @@ class TrialProgress(ray.tune.Callback):
         key = trial.config.get("trial", {}).get("key", trial.trial_id)
         say(f"[{key}] this attempt failed; Ray retries it up to failures.trial_retries times; `python -m calm_study "
             f"status` and the end of the run say why (--verbose shows the traceback as it happens)")
+
+
+def planned_trials(study: Study, trials: list[Trial]) -> int:
+    """How many trials the study will run: the grid's, or Optuna's num_samples."""
+    return study.search.num_samples if is_optuna(study) else len(trials)
 
 
 def driver_resources(study: Study) -> dict:
@@ -338,7 +345,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
             tune_config=tune_config(study),
             # verbose=0: Tune's tables repeat each trial's whole config; the workers print one line per epoch instead.
             run_config=ray.tune.RunConfig(name=TUNE_FOLDER, storage_path=files.storage.uri(study.name), verbose=0,
-                                          callbacks=[TrialProgress()],
+                                          callbacks=[TrialProgress(planned_trials(study, trials))],
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=study.failures.trial_retries)),
         )
