@@ -83,6 +83,9 @@ TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
 METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
 RESULTS_FILE = "trials.parquet"  # <results_dir>/<study>/trials.parquet
 CHECKPOINT_FILE = "state.pt"
+# Inside each checkpoint: the metrics reported with it, so that an epoch whose log line a crash lost (between Ray
+# Train registering the checkpoint and the log line being written) is logged again before training resumes.
+EPOCH_RECORD_FILE = "epoch.json"
 # <results_dir>/<study>/_captions.json: each trial's decoded samples at its last epoch. The leading "_" keeps it out of
 # pd.read_parquet("results") (pyarrow skips names starting with "_" or ".").
 SAMPLES_FILE = "_captions.json"

@@ -160,3 +160,33 @@ def test_a_results_file_of_schema_2_reads_beside_a_current_one(tmp_path):
         assert len(both) == 4 and set(both.schema_version) == {2, SCHEMA_VERSION}
         loaded = load(old_name, results_dir=root)
         assert loaded.model_family.isna().all() and loaded.t2v_R1.tolist() == old.t2v_R1.tolist()
+
+
+def test_repair_metric_log_relogs_a_checkpointed_epoch_the_log_lost_and_drops_a_torn_line(tmp_path):
+    from calm_study.study.storage import Storage
+
+    check_log_repair(Storage(str(tmp_path / "runs")))  # tests/test_s3.py runs the same checks on a bucket
+
+
+def check_log_repair(storage) -> None:
+    """A crash after Ray Train registered epoch 2's checkpoint but before its log line was (fully) written: the
+    resumed run logs epoch 2 from the checkpoint's record, once, and later appends are readable lines."""
+    from calm_study.study.results import parse_metric_log, repair_metric_log
+
+    log = storage.path("st", "train", "train-a-s0", "metrics.jsonl")
+    one, two, three = (json.dumps(epoch_record(e, 10.0 * e)) for e in (1, 2, 3))
+
+    assert repair_metric_log(storage, log, None) == [] and storage.read_text(log) is None  # a new run: nothing
+    storage.write_text(log, one + "\n" + two[:25])  # epoch 2's line cut short by the crash
+    done = repair_metric_log(storage, log, json.loads(two))
+    assert len(done) == 2 and "cut short" in done[0] and "epoch 2 again" in done[1]
+    assert storage.read_text(log) == one + "\n" + two + "\n"
+    assert repair_metric_log(storage, log, json.loads(two)) == []  # logged now: nothing to do, nothing rewritten
+    storage.append_line(log, three)  # the resumed run's next epoch
+    assert [r["epoch"] for r in parse_metric_log(storage.read_text(log))] == [1, 2, 3]
+    assert storage.read_text(log).count('"epoch": 2') == 1
+
+    storage.write_text(log, one + "\n")  # killed in the window with the log intact: the line is simply missing
+    assert repair_metric_log(storage, log, json.loads(two)) == [
+        "logged epoch 2 again from its checkpoint (a crash had lost its log line)"]
+    assert [r["epoch"] for r in parse_metric_log(storage.read_text(log))] == [1, 2]

@@ -27,6 +27,7 @@ from calm_study.configio import set_path
 from calm_study.data.sources import check_all_videos, check_weights, preflight
 from calm_study.external import require_java
 from calm_study.names import (
+    EPOCH_RECORD_FILE,
     METRIC_LOG,
     SELECT_METRIC,
     TRAIN_FOLDER,
@@ -40,6 +41,7 @@ from calm_study.names import (
 from calm_study.progress import say
 from calm_study.study.identity import arm_id
 from calm_study.study.optuna_export import export_optuna
+from calm_study.study.results import repair_metric_log
 from calm_study.study.search import parse_space
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
 from calm_study.study.state import (
@@ -81,8 +83,12 @@ def _worker_loop(config: dict) -> None:
     cfg = trial_from_dict(config["trial"], f"trial {config['key']}")
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report({**metrics, "arm_id": config["arm_id"], "seed": config["seed"]}, checkpoint=ckpt)
+        record = {**metrics, "arm_id": config["arm_id"], "seed": config["seed"]}
+        ckpt = None
+        if checkpoint_dir:  # the checkpoint carries its epoch's record too (see repair_metric_log)
+            (checkpoint_dir / EPOCH_RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
+            ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        ray.train.report(record, checkpoint=ckpt)
 
     # Workers log at INFO by default: every report's full metrics and open_clip's model-building chatter. Our own
     # one line per epoch is the progress display.
@@ -96,10 +102,28 @@ def _worker_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        _repair_log(config, None, log)
         fit(cfg, report, device=device, log=log)
     else:
         with checkpoint.as_directory() as folder:
+            _repair_log(config, _epoch_record(Path(folder), checkpoint.path), log)
             fit(cfg, report, device=device, resume_dir=Path(folder), log=log)
+
+
+def _epoch_record(folder: Path, checkpoint_path: str) -> dict | None:
+    """The log record of the epoch a checkpoint folder holds, as EpochLog would have written it (None: a checkpoint
+    written before checkpoints carried their record)."""
+    path = folder / EPOCH_RECORD_FILE
+    if not path.is_file():
+        return None
+    return {**json.loads(path.read_text(encoding="utf-8")), "checkpoint": checkpoint_path, "logged_at": time.time()}
+
+
+def _repair_log(config: dict, resumed: dict | None, log) -> None:
+    """Rank 0, before the run's first report: make the metric log whole (study/results.py, repair_metric_log)."""
+    if ray.train.get_context().get_world_rank() == 0:
+        for message in repair_metric_log(Storage(config["storage"]), config["log_path"], resumed):
+            log(message)
 
 
 def _sampled_trial(config: dict, rt: dict) -> dict:
@@ -132,7 +156,8 @@ def _driver(config: dict) -> None:
     gpus = rt["gpus_per_worker"]
     per_worker = {"CPU": rt["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     scaling = ray.train.ScalingConfig(num_workers=rt["num_workers"], use_gpu=gpus > 0, resources_per_worker=per_worker)
-    loop_config = {k: trial[k] for k in ("trial", "key", "arm_id", "seed")}
+    loop_config = {**{k: trial[k] for k in ("trial", "key", "arm_id", "seed")}, "storage": rt["storage"],
+                   "log_path": log_path}
     TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
 
 

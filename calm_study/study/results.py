@@ -37,6 +37,7 @@ from calm_study.names import (
     regime,
 )
 from calm_study.study.spec import Study, Trial
+from calm_study.study.storage import Storage
 from calm_study.validate import trial_to_dict
 
 # 2: arm_index, loss_align_dist. 3: task, model_family, lr_new (and stable arm ids). 4: captioning metrics (CIDEr,
@@ -87,6 +88,26 @@ def parse_metric_log(text: str, source: str = "metrics.jsonl") -> list[dict]:
                                "results were not rebuilt, so no row is lost silently: repair or delete that line "
                                "(its epoch is then missing from the results) and run the command again") from None
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def repair_metric_log(storage: Storage, log_path: str, resumed: dict | None) -> list[str]:
+    """Make a run's metric log whole before its training resumes; returns what was repaired (for the trial's log).
+
+    - A last line cut short by a crash mid-write is dropped: the next line would otherwise be glued to it.
+    - `resumed` is the record stored in the checkpoint being resumed from (its epoch's metrics). The log line of an
+      epoch is written after Ray Train registers the epoch's checkpoint, so a crash between the two leaves a
+      checkpoint whose epoch is not logged; resuming after it would never train that epoch again. Its line is
+      appended from the checkpoint.
+    Runs on rank 0 before the run's first report, so no other writer touches the log meanwhile."""
+    text = storage.read_text(log_path) or ""
+    kept = text if not text or text.endswith("\n") else text[:text.rfind("\n") + 1]
+    done = [f"dropped a metric-log line cut short by a crash: {text[len(kept):][:60]!r}"] if kept != text else []
+    if resumed is not None and int(resumed["epoch"]) not in {int(r["epoch"]) for r in parse_metric_log(kept, log_path)}:
+        kept += json.dumps(resumed) + "\n"
+        done.append(f"logged epoch {resumed['epoch']} again from its checkpoint (a crash had lost its log line)")
+    if done:
+        storage.write_text(log_path, kept)
+    return done
 
 
 def config_columns(trial: Trial) -> dict:
