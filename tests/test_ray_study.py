@@ -1,4 +1,5 @@
-"""A real Ray Tune + Ray Train run of a 2-trial study through the CLI, its Parquet, and an idempotent re-run."""
+"""A real Ray Tune + Ray Train run of a 2-trial study through the CLI (interrupted by Ctrl-C, then completed), its
+Parquet, its MLflow runs, and an idempotent re-run; and the shipped demo study run frozen."""
 
 import os
 import re
@@ -25,17 +26,22 @@ def assert_quiet(console: str) -> None:
 @pytest.mark.slow
 def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     from .conftest import two_trial_study
+    from .test_tracking import NO_TELEMETRY, assert_rerun_tracked_nothing_new, assert_tracked_each_epoch_once
 
-    # An object-store style URI: the storage goes through pyarrow's filesystems like s3:// or gs:// would.
+    # An object-store style URI: the storage goes through pyarrow's filesystems like s3:// or gs:// would. The study
+    # is tracked in a local MLflow store (sqlite), checked at the end by tests/test_tracking.py's helpers.
     study = two_trial_study("two", f"file://{tmp_path / 'runs'}", str(tmp_path / "results"), str(data_cache))
+    study["tracking"] = {"mlflow": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(study))
     cmd = [sys.executable, "-m", "calm_study", "run", str(path)]
+    env = {**os.environ, **NO_TELEMETRY}
+    started = time.time()
 
     # Ctrl-C after the first epoch: calm_study says how to go on (the same command), not Ray's Tuner.restore.
     log = tmp_path / "interrupted.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
         deadline = time.time() + 600
         while "epoch 1/2" not in log.read_text() and proc.poll() is None and time.time() < deadline:
@@ -46,9 +52,10 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     assert "run the same command again" in text and f"calm_study run {path}" in text, text[-3000:]
     assert_quiet(text)
 
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 completed" in run.stdout
+    assert "MLflow tracking" not in run.stdout + run.stderr, run.stderr[-3000:]  # no tracking warning
     assert_quiet(run.stdout + run.stderr)
     assert "trials: 2 done, 0 running, 0 pending" in run.stderr  # the live count
     assert re.search(r"^\[[0-9a-f]{10}-s7\] epoch 2/2: loss ", run.stderr, flags=re.M)  # one line per epoch per trial
@@ -72,12 +79,15 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     undocumented = [c for c in df.columns if f"`{c}`" not in documented and not c.startswith("data_synthetic_")]
     assert not undocumented, f"columns missing from results/_README.md: {undocumented}"
 
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    tracked = assert_tracked_each_epoch_once(path, tmp_path / "runs" / "two" / "train", started)
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming study two" in again.stderr
     df2 = pd.read_parquet(tmp_path / "results" / "two")
     assert len(df2) == len(df)  # nothing re-trained, nothing duplicated
     pd.testing.assert_frame_equal(df2[["trial_key", "epoch", "t2v_R1"]], df[["trial_key", "epoch", "t2v_R1"]])
+    assert_rerun_tracked_nothing_new(path, tracked)
 
 
 @pytest.mark.slow

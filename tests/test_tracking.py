@@ -1,12 +1,9 @@
 """MLflow tracking (study/tracking.py) against a real local MLflow store (sqlite under tmp_path): one run per trial
 with params, tags and per-epoch metrics; idempotent syncs; the live per-epoch path; the study run's artifacts; a
-failing store never fails the caller; and a real 2-trial Ray study through the CLI, run twice."""
+failing store never fails the caller. The real 2-trial Ray study through the CLI is tracked too: tests/test_ray_study.py
+runs it (interrupted, completed, run again) and checks its MLflow runs with the helpers at the end of this file."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,6 @@ from calm_study.names import RENAMED_TERMS
 from calm_study.study import tracking
 from calm_study.study.spec import load_study
 from calm_study.study.state import StudyFiles, StudyStateError, write_study_results
-from calm_study.study.storage import Storage
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -227,43 +223,37 @@ def test_local_store_uris_become_absolute(tmp_path, monkeypatch):
     assert tracking.resolve_uri("http://mlflow.example:5000") == "http://mlflow.example:5000"
 
 
-@pytest.mark.slow
-def test_two_trial_ray_study_tracks_each_epoch_once_and_a_rerun_adds_nothing(tmp_path, data_cache):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    doc = study_doc(tmp_path, uri, cache=str(data_cache))
-    doc["storage"] = f"file://{tmp_path / 'runs'}"
-    path = tmp_path / "two.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    cmd = [sys.executable, "-m", "calm_study", "run", str(path)]
-    env = {**os.environ, **NO_TELEMETRY}
-    started = time.time()
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "MLflow tracking" not in run.stderr + run.stdout, run.stderr[-3000:]
-
+def assert_tracked_each_epoch_once(path: Path, runs_dir: Path, started: float) -> dict:
+    """The MLflow side of the two-trial Ray study (tests/test_ray_study.py, tracked into a sqlite store), once it
+    completed: one run per trial holding every number of every epoch once, created live by the Train controller,
+    and one study run with the Parquet. Returns the trial runs, for `assert_rerun_tracked_nothing_new`."""
     study = load_study(path)
     runs = runs_of(study)
     assert len(runs) == 2
     for key, r in runs.items():
         assert r.data.tags["status"] == "completed" and r.info.status == "FINISHED"
         assert r.data.tags["trial_key"] == key and r.data.tags["regime"] == "finetune"
-        log = [json.loads(line) for line in (tmp_path / "runs" / "two" / "train" / f"train-{key}" / "metrics.jsonl")
-               .read_text().splitlines()]
+        log = [json.loads(line) for line in (runs_dir / f"train-{key}" / "metrics.jsonl").read_text().splitlines()]
         numbers = {RENAMED_TERMS.get(k, k) for k, v in log[0].items()
                    if type(v) in (int, float) and k not in ("epoch", "seed", "logged_at")}
         assert {"eval/plain/t2v_R1", "eval/textured/v2t_MnR", "loss_task", "lr_clip", "train_s", "eval_s"} <= numbers
         assert set(r.data.metrics) == numbers
-        for name in numbers:  # every epoch's value, once
+        for name in numbers:  # every epoch's value, once (an interrupted trial continued its run)
             assert [s for s, _ in history(study, r, name)] == [1, 2], name
         # Logged live: the Train controller made the run at epoch 1, before it logged epoch 2.
         assert started < r.info.start_time / 1000 < log[1]["logged_at"]
-    study_run = runs_of(study, tracking.KIND_STUDY)["two"]
+    study_run = runs_of(study, tracking.KIND_STUDY)[study.name]
     client = client_for(study)
     assert "trials.parquet" in {f.path for f in client.list_artifacts(study_run.info.run_id)}
     assert study_run.info.status == "FINISHED" and study_run.data.tags["status"] == "2 completed"
+    storage = StudyFiles(study).storage
+    assert storage.exists(storage.path(study.name, tracking.SETTINGS_FILE))
+    return runs
 
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
+
+def assert_rerun_tracked_nothing_new(path: Path, runs: dict) -> None:
+    """After running the completed study again: the same runs, each step still logged once, one study run."""
+    study = load_study(path)
     rerun = runs_of(study)
     assert {k: r.info.run_id for k, r in rerun.items()} == {k: r.info.run_id for k, r in runs.items()}
     for r in rerun.values():
@@ -271,4 +261,3 @@ def test_two_trial_ray_study_tracks_each_epoch_once_and_a_rerun_adds_nothing(tmp
         for name in r.data.metrics:
             assert [s for s, _ in history(study, r, name)] == [1, 2], name
     assert len(runs_of(study, tracking.KIND_STUDY)) == 1
-    assert Storage(doc["storage"]).exists(StudyFiles(study).storage.path("two", tracking.SETTINGS_FILE))
