@@ -176,7 +176,8 @@ CASES = [
     case("set-without-equals", validate("train.epochs"), "--set 'train.epochs': expected key=value"),
     case("set-unknown-section", validate("modle.family=tmass"),
          "'modle' is neither a study key nor a trial section (did you mean 'model'?)"),
-    case("set-yaml-syntax", validate("train.epochs=[1"), "YAML syntax: while parsing a flow sequence"),
+    case("set-yaml-syntax", validate("train.epochs=[1"), "--set train.epochs=[1: YAML syntax: while parsing a flow "
+         "sequence", "a value is YAML as in the study file"),
     # Keys and types of the trial config (base)
     case("unknown-trial-key", validate("anchors.cout=5"), "anchors.cout: unknown key (did you mean 'count'?)",
          group="types"),
@@ -205,6 +206,8 @@ CASES = [
          "search.method: 'gird' is not valid (did you mean 'grid'?)", group="study"),
     case("scheduler-unknown", validate("scheduler.name=ashaa"),
          "scheduler.name: 'ashaa' is not valid (did you mean 'asha'?)", group="study"),
+    case("tracking-unknown-key", validate("tracking.mlflow.uir=http://mlflow:5000"),
+         "tracking.mlflow.uir: unknown key (did you mean 'uri'?); valid keys: uri, experiment, artifact_location"),
     case("search-space-without-optuna", validate("search.num_samples=4"),
          "search.space / search.num_samples are for method optuna", group="study"),
     case("grid-values-not-a-list", validate("search.grid={loss.alpha: 0.1}"),

@@ -145,8 +145,13 @@ def apply_overrides(doc: dict, sets: list[str], source: str) -> dict:
                           f"{did_you_mean(head, STUDY_KEYS + TRIAL_SECTIONS)}; study keys: {', '.join(STUDY_KEYS)}; "
                           f"trial sections: {', '.join(TRIAL_SECTIONS)}")
             continue
-        path = key if head in STUDY_KEYS else f"base.{key}"
-        doc = set_path(doc, path, parse_yaml(text, f"--set {key}"))
+        try:
+            value = parse_yaml(text, f"--set {key}")
+        except ConfigError as e:  # reported with the others, under the key the user typed
+            errors.append(f"--set {key}={text}: {e.problems[0]}; a value is YAML as in the study file: 2, 1e-5, "
+                          "[0, 1], {a: 1}, or a quoted string")
+            continue
+        doc = set_path(doc, key if head in STUDY_KEYS else f"base.{key}", value)
     if errors:
         raise ConfigError(source, errors)
     return doc
