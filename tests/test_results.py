@@ -190,3 +190,11 @@ def check_log_repair(storage) -> None:
     assert repair_metric_log(storage, log, json.loads(two)) == [
         "logged epoch 2 again from its checkpoint (a crash had lost its log line)"]
     assert [r["epoch"] for r in parse_metric_log(storage.read_text(log))] == [1, 2]
+
+    storage.write_text(log, one + "\n" + two)  # a whole last record without its newline (edited by hand): kept
+    assert repair_metric_log(storage, log, json.loads(two)) == [] and storage.read_text(log) == one + "\n" + two + "\n"
+    damaged = one + "\n{garbage\n" + two + "\n"  # a damaged line in the middle: left for the results rebuild to name
+    storage.write_text(log, damaged)
+    said = repair_metric_log(storage, log, json.loads(three))
+    assert len(said) == 1 and said[0].startswith("metric log not repaired") and "line 2" in said[0]
+    assert storage.read_text(log) == damaged

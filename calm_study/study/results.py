@@ -101,11 +101,21 @@ def repair_metric_log(storage: Storage, log_path: str, resumed: dict | None) -> 
     Runs on rank 0 before the run's first report, so no other writer touches the log meanwhile."""
     text = storage.read_text(log_path) or ""
     kept = text if not text or text.endswith("\n") else text[:text.rfind("\n") + 1]
-    done = [f"dropped a metric-log line cut short by a crash: {text[len(kept):][:60]!r}"] if kept != text else []
-    if resumed is not None and int(resumed["epoch"]) not in {int(r["epoch"]) for r in parse_metric_log(kept, log_path)}:
+    done = []
+    if kept != text:
+        tail = text[len(kept):]
+        if parse_metric_log(tail, log_path):  # a whole record without its newline (edited by hand): keep it
+            kept = text + "\n"
+        else:
+            done.append(f"dropped a metric-log line cut short by a crash: {tail[:60]!r}")
+    try:
+        logged = {int(r["epoch"]) for r in parse_metric_log(kept, log_path)}
+    except ResultsError as e:  # a damaged line in the middle: training goes on; the results rebuild will say so
+        return [f"metric log not repaired: {e}"]
+    if resumed is not None and int(resumed["epoch"]) not in logged:
         kept += json.dumps(resumed) + "\n"
         done.append(f"logged epoch {resumed['epoch']} again from its checkpoint (a crash had lost its log line)")
-    if done:
+    if kept != text:
         storage.write_text(log_path, kept)
     return done
 
