@@ -53,3 +53,28 @@ def tiny_doc(data_cache) -> dict:
 @pytest.fixture
 def tiny_cfg(tiny_doc):
     return trial_from_dict(tiny_doc)
+
+
+def lose_latest_epoch_line(storage: str, study: str, key: str) -> int:
+    """Leave a killed trial as a crash between Ray Train registering its latest checkpoint and the epoch's log line
+    would: that epoch's line goes, unless the kill already left the log without it. Returns the epoch, which the
+    resumed run must log again from the checkpoint (repair_metric_log). The latest registered checkpoint is Ray's
+    own record, read through ray.train.Result."""
+    import json
+
+    import ray.train
+
+    from calm_study.names import EPOCH_RECORD_FILE, METRIC_LOG, TRAIN_FOLDER, run_name
+    from calm_study.study.storage import Storage
+
+    st = Storage(storage)
+    latest = ray.train.Result.from_path(st.uri(study, TRAIN_FOLDER, run_name(key))).checkpoint
+    with latest.as_directory() as folder:
+        epoch = json.loads((Path(folder) / EPOCH_RECORD_FILE).read_text())["epoch"]
+    log = st.path(study, TRAIN_FOLDER, run_name(key), METRIC_LOG)
+    lines = st.read_text(log).splitlines(keepends=True)
+    if json.loads(lines[-1])["epoch"] == epoch:
+        st.write_text(log, "".join(lines[:-1]))
+    else:  # the kill itself landed in that window
+        assert json.loads(lines[-1])["epoch"] == epoch - 1, (lines, epoch)
+    return epoch
