@@ -1,4 +1,4 @@
-"""How many bytes a study holds, and where (`python -m calm_study status`; docs/ray.md, "Where the bytes go").
+"""How many bytes a study holds, and where (`python -m calm_study status`; docs/running.md, "Where the bytes go").
 
 A study's storage holds, per trial, its kept checkpoints (the latest, plus the best on a validation set when the
 trials have one: ray_runner.checkpoint_config) and its per-epoch metric log; Tune's experiment state; the manifest.

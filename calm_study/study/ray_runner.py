@@ -64,6 +64,11 @@ DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU kee
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node (1.0 there, absent elsewhere)
 
 
+def log_record(metrics: dict, checkpoint_path: str | None) -> dict:
+    """One metrics.jsonl line: rank 0's reported metrics, the epoch's checkpoint in storage, when it was logged."""
+    return {**metrics, "checkpoint": checkpoint_path, "logged_at": time.time()}
+
+
 class EpochLog(ray.train.UserCallback):
     """Appends rank 0's metrics (+ checkpoint path) of every report to the run's metrics.jsonl, durably. It runs in
     the Train controller after the checkpoint is registered, so a logged epoch is never trained again."""
@@ -73,7 +78,7 @@ class EpochLog(ray.train.UserCallback):
         self.tracking = EpochTracker(storage, log_path)  # MLflow, when the study configures it (study/tracking.py)
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        record = {**metrics[0], "checkpoint": checkpoint.path if checkpoint else None, "logged_at": time.time()}
+        record = log_record(metrics[0], checkpoint.path if checkpoint else None)
         Storage(self.storage).append_line(self.log_path, json.dumps(record))
         self.tracking.after_epoch()  # after the line is durable; never raises
 
@@ -116,7 +121,7 @@ def _epoch_record(folder: Path, checkpoint_path: str) -> dict | None:
     path = folder / EPOCH_RECORD_FILE
     if not path.is_file():
         return None
-    return {**json.loads(path.read_text(encoding="utf-8")), "checkpoint": checkpoint_path, "logged_at": time.time()}
+    return log_record(json.loads(path.read_text(encoding="utf-8")), checkpoint_path)
 
 
 def _repair_log(config: dict, resumed: dict | None, log) -> None:
