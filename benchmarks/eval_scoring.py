@@ -39,15 +39,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    cfg = trial_from_dict({"model": {"family": args.family, "clip": "calm-tiny", "pretrained": None,
-                                     "trials": args.trials},
-                           "anchors": {"count": 0}, "loss": {"align": "none"}, "data": {"num_frames": args.frames}})
+    model_doc = {"family": args.family, "clip": "calm-tiny", "pretrained": None}
+    if args.family == "tmass":  # T-MASS's own knob (xpool has no stochastic texts)
+        model_doc["trials"] = args.trials
+    cfg = trial_from_dict({"model": model_doc, "loss": {"align": "none"}, "data": {"num_frames": args.frames}})
     model = build_model(cfg)  # the real family; its pooling and radius heads are rebuilt at the benchmark's width
     model.pool = TextConditionedPool(args.width)
     if args.family == "tmass":
         model.radius = RadiusHead(args.frames, args.width)
     model = model.to(device).eval()
-    text, video = random_banks(args.family, args.texts, args.videos, args.frames, args.width, args.trials, device)
+    text, video = random_banks(cfg, args.texts, args.videos, args.frames, args.width, device)
 
     gpu = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} torch threads"

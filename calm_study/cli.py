@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from calm_study.config import calm_enabled
 from calm_study.configio import ConfigError, load_yaml
 from calm_study.external import JavaMissingError
 from calm_study.report import ReportError
@@ -50,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{len(trials)} trial(s); metric {metric_key(study)} ({study.metric.mode})")
     for arm, t in arms.items():
         c = t.config
-        calm = f"CALM {c.loss.align}, K={c.anchors.count}" if c.anchors.count else "no CALM"
+        calm = f"CALM {c.loss.align}, K={c.anchors.count}" if calm_enabled(c) else "no CALM"
         print(f"  {arm}  {c.task}/{c.model.family} ({calm})  "
               f"{json.dumps(t.swept, sort_keys=True) if t.swept else '(base)'}")
     return 0

@@ -5,13 +5,24 @@ are explicit fields here, each with the reason for its default (docs/calm-choice
 constant in the code.
 
 This module is a leaf: it imports no registry. Names (model families, tasks, fusions, datasets, ...) are checked
-against their registries in calm_study/validate.py. Adding a field with a default changes no arm id
-(calm_study/study/identity.py); record its default in identity_baseline.json in the same change.
+against their registries in calm_study/validate.py, and which knobs each family, task and alignment variant reads is
+declared by that registry entry (a knob the trial's components do not read is refused). Adding a field with a default
+changes no arm id (calm_study/study/identity.py); record its default in identity_baseline.json in the same change.
+
+Each field also says, once, how it relates to the arm (what is trained and measured): by default it defines the arm;
+`metadata=RUNTIME` marks a setting of how a trial runs (where data lives, caches, workers, chunking, logging), left out
+of arm ids and free to change between runs and when resuming; `metadata=RESUMABLE` marks one that defines the arm but
+with which a checkpoint of another value is still a valid start (more epochs, other evaluation sets). Arm identity,
+the study's "same as before" check and the checkpoint check all read this mark (`fields_with_role`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+
+ROLE = "arm"  # the metadata key of a field's role
+RUNTIME = {ROLE: "runtime"}  # how a trial runs, not what it trains: out of the arm id; may change when resuming
+RESUMABLE = {ROLE: "resumable"}  # defines the arm, but a checkpoint written with another value is a valid start
 
 
 @dataclass(frozen=True)
@@ -102,19 +113,25 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DataConfig:
     train: DatasetRef = DatasetRef(split="train")  # training set
-    eval: tuple[DatasetRef, ...] = (DatasetRef(),)  # evaluated at the end of every epoch, each on its own
+    # evaluated at the end of every epoch, each on its own
+    eval: tuple[DatasetRef, ...] = field(default=(DatasetRef(),), metadata=RESUMABLE)
     num_frames: int = 12  # T, frames sampled uniformly per video (paper: 12)
-    cache_dir: str = "~/.cache/calm_study"  # where generated (synthetic) data lives
-    roots: dict[str, str] = field(default_factory=dict)  # dataset -> its root folder, e.g. {msrvtt: /data/MSRVTT}
-    video_dirs: dict[str, str] = field(default_factory=dict)  # dataset -> video folder (relative to root); "videos"
-    decoder: str = "decord"  # video decoder: decord | pyav (a fallback for files decord cannot read)
-    on_error: str = "error"  # missing/unreadable videos: error (stop, naming the files) | skip (drop, log, count)
+    cache_dir: str = field(default="~/.cache/calm_study", metadata=RUNTIME)  # where generated (synthetic) data lives
+    # dataset -> its root folder, e.g. {msrvtt: /data/MSRVTT}
+    roots: dict[str, str] = field(default_factory=dict, metadata=RUNTIME)
+    # dataset -> video folder (relative to root); "videos"
+    video_dirs: dict[str, str] = field(default_factory=dict, metadata=RUNTIME)
+    # video decoder: decord | pyav (a fallback for files decord cannot read)
+    decoder: str = field(default="decord", metadata=RUNTIME)
+    # missing/unreadable videos: error (stop, naming the files) | skip (drop, log, count)
+    on_error: str = field(default="error", metadata=RUNTIME)
     # skip: the largest fraction of a split's videos that may be unreadable; beyond it the run stops before training
-    max_skipped_fraction: float = 0.01
-    frame_cache: str = ""  # folder of decoded uint8 frames, shared by every trial and epoch ("" = decode each time)
+    max_skipped_fraction: float = field(default=0.01, metadata=RUNTIME)
+    # folder of decoded uint8 frames, shared by every trial and epoch ("" = decode each time)
+    frame_cache: str = field(default="", metadata=RUNTIME)
     # model.frozen: folder of cached CLIP features, shared by every trial ("" = <data.cache_dir>/features)
-    feature_cache: str = ""
-    loader_workers: int = 0  # DataLoader worker processes per training worker
+    feature_cache: str = field(default="", metadata=RUNTIME)
+    loader_workers: int = field(default=0, metadata=RUNTIME)  # DataLoader worker processes per training worker
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
@@ -132,12 +149,12 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5  # paper: 5 for retrieval
+    epochs: int = field(default=5, metadata=RESUMABLE)  # paper: 5 for retrieval
     batch_size: int = 128  # global batch (split evenly over training workers); paper: 128
-    eval_batch_size: int = 32  # videos per evaluation batch
+    eval_batch_size: int = field(default=32, metadata=RUNTIME)  # videos per evaluation batch
     seed: int = 0  # seeds model init, data order and sampling (studies set it from `seeds`)
     precision: str = "fp32"  # fp32 | bf16 (autocast; CUDA or CPU)
-    log_every: int = 50  # print a progress line every N steps (0 = only per epoch)
+    log_every: int = field(default=50, metadata=RUNTIME)  # print a progress line every N steps (0 = only per epoch)
 
 
 @dataclass(frozen=True)
@@ -147,7 +164,8 @@ class EvaluationConfig:
     # caption per video, as many texts as videos) — to compare with published numbers and measure the leak; every
     # results row and report caption names the protocol (docs/metrics.md, "Leak-free scoring")
     protocol: str = "leakfree"
-    text_chunk: int = 64  # texts scored against every video per call: memory ~ text_chunk x N_video x D floats; >= 1
+    # texts scored against every video per call: memory ~ text_chunk x N_video x D floats; >= 1
+    text_chunk: int = field(default=64, metadata=RUNTIME)
     dsl: bool = False  # T-MASS's DSL post-processing (S ⊙ softmax(100·S) over the queries); labelled when on
 
 
@@ -163,7 +181,8 @@ class CaptionConfig:
     beam_size: int = 1  # decoding: 1 = greedy (CoCap), > 1 = beam search
     length_penalty: float = 1.0  # beam search: hypotheses ranked by log p / length^length_penalty; >= 0
     max_length: int = 30  # most tokens a decoded caption has (BOS and EOS included), capped by CLIP's context; >= 2
-    samples: int = 5  # decoded captions per evaluation set kept with the results, for people to read; >= 0
+    # decoded captions per evaluation set kept with the results, for people to read; >= 0
+    samples: int = field(default=5, metadata=RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -178,3 +197,28 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+
+
+def fields_with_role(role: str, cls: type = TrialConfig, prefix: str = "") -> tuple[str, ...]:
+    """The dotted paths of every field marked `role` ("runtime" | "resumable"), e.g. ("data.roots", ...)."""
+    out: list[str] = []
+    for f in fields(cls):
+        path = f"{prefix}{f.name}"
+        if f.metadata.get(ROLE) == role:
+            out.append(path)
+        elif isinstance(f.default_factory, type) and is_dataclass(f.default_factory):  # a section
+            out += fields_with_role(role, f.default_factory, f"{path}.")
+        elif is_dataclass(f.default):  # a section given by an instance (data.synthetic, data.train)
+            out += fields_with_role(role, type(f.default), f"{path}.")
+    return tuple(out)
+
+
+def under(path: str, paths: tuple[str, ...]) -> bool:
+    """Whether a flattened key ('data.roots.msrvtt') is one of `paths` or inside one of them."""
+    return any(path == p or path.startswith(f"{p}.") for p in paths)
+
+
+def calm_enabled(cfg: TrialConfig) -> bool:
+    """The one switch of CALM: loss.align none is the family alone (the baseline); any other variant adds the anchors
+    and the alignment terms. (anchors.count 0 is the same baseline's older spelling, kept so old studies load.)"""
+    return cfg.loss.align != "none"

@@ -189,6 +189,24 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_differences(saved: dict, cfg: Any) -> list[str]:
+    """'key: a -> b' for every flattened key whose value differs between a stored config (a checkpoint's,
+    a manifest's) and `cfg` (a config dataclass, e.g. a TrialConfig).
+
+    A key the stored config lacks was added to calm_study after it was written: it matches when `cfg` has that
+    field's default (the behaviour the stored run had). A key `cfg` lacks was removed from calm_study: ignored.
+    """
+    a, b = flatten(saved), flatten(to_dict(cfg))
+    defaults = flatten(to_dict(type(cfg)()))
+    diffs = []
+    for k in sorted(b):
+        before = a[k] if k in a else defaults.get(k)
+        if before != b[k]:
+            added = "" if k in a else " (a field added since; the stored run had its default)"
+            diffs.append(f"{k}: {before!r} -> {b[k]!r}{added}")
+    return diffs
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """A new dict: `override` merged into `base`, recursively for nested mappings."""
     out = dict(base)

@@ -51,7 +51,8 @@ LOSS_PREFIX = "loss_"
 # A logged term whose column would collide with a config column: the kl/ce/mse distance "align" would be
 # "loss_align", which is also the flattened config key loss.align (the variant's name).
 RENAMED_TERMS = {"loss_align": "loss_align_dist"}
-LOSS_TERMS = ("total", "task", "align", "align_rec", "align_kl")  # every term a shipped model or task logs
+# The terms themselves are declared by their owners (each task, family and alignment variant registry entry);
+# study/results.py gathers them (loss_terms) into the results schema.
 
 
 def loss_column(term: str) -> str:
@@ -63,6 +64,13 @@ def loss_column(term: str) -> str:
 # ---- data ------------------------------------------------------------------------------------------------------
 DATA_ENV = "CALM_STUDY_DATA"  # a folder with one sub-folder per dataset (msrvtt/, didemo/, lsmdc/, msvd/)
 VERBOSE_ENV = "CALM_STUDY_VERBOSE"  # 1: `run` shows Ray's own output too (as `run --verbose`)
+# The batch key of cached CLIP frame features (B, T, D) in frozen-feature mode, where pixels would be under "frames":
+# the datasets write it, the tasks move it to the device, the families read it instead of encoding pixels.
+FRAME_FEATURES = "frame_features"
+
+
+# ---- precision (train.precision): the autocast dtypes training/fit.py knows ----------------------------------------
+PRECISIONS = ("fp32", "bf16")
 
 
 # ---- training regimes (the `regime` results column) --------------------------------------------------------------

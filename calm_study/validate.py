@@ -10,90 +10,103 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from calm_study.config import DataConfig, TrialConfig
+from calm_study.checks import at_least, positive
+from calm_study.config import DataConfig, TrialConfig, calm_enabled
 from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, to_dict
+from calm_study.names import PRECISIONS
 
 
 def _choice(path: str, value: Any, valid: list[str] | tuple[str, ...]) -> list[str]:
-    if value in valid:
-        return []
-    return [f"{path}: {value!r} is not valid{did_you_mean(value, valid)}; valid: {', '.join(valid)}"]
+    from calm_study.checks import one_of
+
+    return one_of(path, value, list(valid))
 
 
 def check_trial(cfg: TrialConfig) -> list[str]:
-    """Every problem of a config that types alone cannot express (an empty list when it is valid)."""
-    from calm_study.models.calm.align import list_align_losses
-    from calm_study.models.calm.anchors import ENCODE_MODES, count_labels, list_label_sources
-    from calm_study.models.families import FAMILY_TASK, TEXT_CONDITIONED, list_families
-    from calm_study.models.temporal import list_temporal_fusions
-    from calm_study.models.tmass import PRIORS
-    from calm_study.tasks import list_tasks
-    from calm_study.tasks.retrieval.scoring import PROTOCOLS
-    from calm_study.training.optim import PRECISIONS
+    """Every problem of a config that types alone cannot express (an empty list when it is valid).
 
-    errs: list[str] = []
-    errs += _choice("task", cfg.task, list_tasks())
-    errs += _choice("model.family", cfg.model.family, list_families())
-    errs += _choice("model.temporal", cfg.model.temporal, list_temporal_fusions())
+    Names are checked against their registries; each registered component (the task, the family, CALM and its
+    alignment variant) checks the values of its own knobs, and a knob that none of the trial's components reads is
+    refused (`unread_knobs`). What remains here is what crosses components, and the shared sections."""
+    from calm_study.models.calm import check_calm
+    from calm_study.models.calm.align import list_align_losses
+    from calm_study.models.calm.anchors import ENCODE_MODES
+    from calm_study.models.families import FAMILIES, list_families
+    from calm_study.tasks import TASKS, list_tasks
+
+    errs = _choice("task", cfg.task, list_tasks()) + _choice("model.family", cfg.model.family, list_families())
     errs += _choice("loss.align", cfg.loss.align, list_align_losses())
-    errs += _choice("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
     errs += _choice("train.precision", cfg.train.precision, PRECISIONS)
-    m, ev = cfg.model, cfg.evaluation
-    if FAMILY_TASK.get(m.family, cfg.task) != cfg.task and cfg.task in list_tasks():
-        fits = [f for f, task in FAMILY_TASK.items() if task == cfg.task]
-        errs.append(f"model.family: {m.family!r} is a {FAMILY_TASK[m.family]} model and cannot do task {cfg.task!r}; "
-                    f"families for {cfg.task}: {', '.join(fits)}")
-    errs += _check_caption(cfg) if cfg.task == "captioning" else []
-    errs += _choice("model.prior", m.prior, PRIORS) + _choice("evaluation.protocol", ev.protocol, PROTOCOLS)
-    if ev.protocol == "tmass_compat" and m.family not in TEXT_CONDITIONED:
+    family, task = FAMILIES.get(cfg.model.family), TASKS.get(cfg.task)
+    align_known = cfg.loss.align in list_align_losses()
+    if family is not None and task is not None:
+        if family.task != task.name:
+            fits = [f for f, entry in FAMILIES.items() if entry.task == task.name]
+            errs.append(f"model.family: {family.name!r} is a {family.task} model and cannot do task {task.name!r}; "
+                        f"families for {task.name}: {', '.join(fits)}")
+        if align_known:  # who reads what is known only when every component is
+            errs += unread_knobs(cfg)
+    errs += (task.check(cfg) if task else []) + (family.check(cfg) if family else [])
+    if calm_enabled(cfg):
+        errs += check_calm(cfg) + _choice("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
+        if cfg.model.frozen and cfg.anchors.encode == "every_step":
+            errs.append("anchors.encode: every_step sends the anchor prompts through the text encoder at every step "
+                        "so that the encoder learns from CALM's loss; model.frozen keeps the encoders fixed (their "
+                        "features come from the feature cache), so there is nothing for it to learn: set "
+                        "anchors.encode: once (the prompts are encoded once; the per-anchor embeddings still learn), "
+                        "or model.frozen: false")
+    if cfg.evaluation.protocol == "tmass_compat" and cfg.task == "retrieval" and family and not family.text_conditioned:
+        pooling = [f for f, entry in FAMILIES.items() if entry.text_conditioned]
         errs.append(f"evaluation.protocol: tmass_compat reproduces how T-MASS pools candidates with their own "
-                    f"caption; model.family {m.family!r} pools no video by a text (use it with "
-                    f"{' or '.join(TEXT_CONDITIONED)}, or keep protocol leakfree)")
-    for name, value, low in (("model.pool_heads", m.pool_heads, 1), ("model.trials", m.trials, 1),
-                             ("evaluation.text_chunk", ev.text_chunk, 1)):
-        if value < low:
-            errs.append(f"{name}: {value} must be >= {low}")
+                    f"caption; model.family {family.name!r} pools no video by a text (use it with "
+                    f"{' or '.join(pooling)}, or keep protocol leakfree)")
+    return errs + _check_shared(cfg)
+
+
+def unread_knobs(cfg: TrialConfig) -> list[str]:
+    """A problem for every knob set to a non-default value that the trial's family, task and CALM variant do not
+    read: it would train the same model as without it, under a new arm id (a sweep over it would report seed noise
+    as an effect). Each message names who does read the knob."""
+    from calm_study.models.calm import CALM_KNOBS, calm_knobs
+    from calm_study.models.calm.align import ALIGN_VARIANTS
+    from calm_study.models.families import FAMILIES
+    from calm_study.tasks import TASKS
+
+    owners: dict[str, list[str]] = {}
+    for f in FAMILIES.values():
+        for k in f.knobs:
+            owners.setdefault(k, []).append(f"family {f.name}")
+    for t in TASKS.values():
+        for k in t.knobs:
+            owners.setdefault(k, []).append(f"task {t.name}")
+    for k in CALM_KNOBS:
+        owners.setdefault(k, []).append("CALM (any loss.align but none)")
+    for v in ALIGN_VARIANTS.values():
+        for k in v.knobs:
+            owners.setdefault(k, []).append(f"loss.align {v.name}")
+    family = FAMILIES[cfg.model.family]
+    read = {*family.knobs_read(cfg), *TASKS[cfg.task].knobs, *calm_knobs(cfg)}
+    value, default = flatten(to_dict(cfg)), flatten(to_dict(TrialConfig()))
+    this = (f"family {family.name}, task {cfg.task}, "
+            + (f"loss.align {cfg.loss.align}" if calm_enabled(cfg) else "no CALM (loss.align none)"))
+    errs = []
+    for knob, who in owners.items():
+        if knob in read or value.get(knob) == default.get(knob):
+            continue
+        if knob == "anchors.count" and value[knob] == 0 and not calm_enabled(cfg):
+            continue  # the baseline's older spelling (anchors.count 0 with loss.align none): kept so old studies load
+        errs.append(f"{knob}: {value[knob]!r} is read only by {', '.join(who)}; this trial ({this}) does not read "
+                    f"it, so it would train the same model under another arm id: remove it, or set it only where a "
+                    f"component that reads it is chosen")
+    return errs
+
+
+def _check_shared(cfg: TrialConfig) -> list[str]:
+    """The sections every trial reads: data, optimiser, training, and the task weight."""
+    errs = at_least("loss.task_weight", cfg.loss.task_weight, 0) + positive("loss.logit_scale_max",
+                                                                             cfg.loss.logit_scale_max)
     if not 0 <= cfg.data.max_skipped_fraction <= 1:
         errs.append(f"data.max_skipped_fraction: {cfg.data.max_skipped_fraction} must be in [0, 1]")
-    if m.prior_std <= 0:
-        errs.append(f"model.prior_std: {m.prior_std} must be > 0")
-    if m.support_weight < 0:
-        errs.append(f"model.support_weight: {m.support_weight} must be >= 0")
-    a = cfg.anchors
-    if "{label}" not in a.template:
-        errs.append(f"anchors.template: {a.template!r} must contain {{label}}")
-    if a.count < 0:
-        errs.append(f"anchors.count: {a.count} must be >= 0 (0 = baseline without anchors)")
-    elif a.count > 0:
-        try:
-            n = count_labels(a.source)
-            if a.count > n:
-                errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
-        except ValueError as e:
-            errs.append(f"anchors.source: {e}; valid: {', '.join(list_label_sources())} or a label file path")
-    if a.count == 0 and cfg.loss.align != "none":
-        errs.append(f"loss.align: {cfg.loss.align!r} needs anchors; the baseline (anchors.count 0) has loss.align none")
-    if a.count > 0 and cfg.loss.align == "none":
-        errs.append(f"anchors.count: {a.count} anchors are unused with loss.align none; set anchors.count 0")
-    if m.frozen and a.count > 0 and cfg.loss.align != "none" and a.encode == "every_step":
-        errs.append("anchors.encode: every_step sends the anchor prompts through the text encoder at every step so "
-                    "that the encoder learns from CALM's loss; model.frozen keeps the encoders fixed (their features "
-                    "come from the feature cache), so there is nothing for it to learn: set anchors.encode: once (the "
-                    "prompts are encoded once; the per-anchor embeddings still learn), or model.frozen: false")
-    if a.tau <= 0:
-        errs.append(f"anchors.tau: {a.tau} must be > 0")
-    for name in ("align_weight", "alpha", "task_weight"):
-        if getattr(cfg.loss, name) < 0:
-            errs.append(f"loss.{name}: {getattr(cfg.loss, name)} must be >= 0")
-    if cfg.vae.latent_dim < 1:
-        errs.append(f"vae.latent_dim: {cfg.vae.latent_dim} must be >= 1")
-    for name in ("encoder_hidden", "decoder_hidden"):
-        if any(w < 1 for w in getattr(cfg.vae, name)):
-            errs.append(f"vae.{name}: {list(getattr(cfg.vae, name))}: every width must be >= 1")
-    for name, v in (("vae.dropout", cfg.vae.dropout), ("model.temporal_dropout", cfg.model.temporal_dropout),
-                    ("model.pool_dropout", cfg.model.pool_dropout)):
-        if not 0 <= v < 1:
-            errs.append(f"{name}: {v} must be in [0, 1)")
     if cfg.data.num_frames < 1:
         errs.append(f"data.num_frames: {cfg.data.num_frames} must be >= 1")
     if not cfg.data.eval:
@@ -101,7 +114,7 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     labels = [e.label for e in cfg.data.eval]
     if len(set(labels)) != len(labels):
         errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
-    errs += _check_data(cfg.data) + _check_backbone(m.clip, m.pretrained)
+    errs += _check_data(cfg.data) + _check_backbone(cfg.model.clip, cfg.model.pretrained)
     o, t = cfg.optim, cfg.train
     for name in ("lr_clip", "lr_new"):
         if getattr(o, name) < 0:
@@ -116,21 +129,12 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     return errs
 
 
-def _check_caption(cfg: TrialConfig) -> list[str]:
-    c, errs = cfg.caption, []
-    for name, value, low in (("layers", c.layers, 1), ("heads", c.heads, 1), ("beam_size", c.beam_size, 1),
-                             ("max_length", c.max_length, 2), ("samples", c.samples, 0)):
-        if value < low:
-            errs.append(f"caption.{name}: {value} must be >= {low}")
-    for name in ("dropout", "label_smoothing"):
-        if not 0 <= getattr(c, name) < 1:
-            errs.append(f"caption.{name}: {getattr(c, name)} must be in [0, 1)")
-    if c.length_penalty < 0:
-        errs.append(f"caption.length_penalty: {c.length_penalty} must be >= 0")
-    if cfg.evaluation.protocol != "leakfree" or cfg.evaluation.dsl:
-        errs.append("evaluation.protocol / evaluation.dsl: retrieval scoring settings; task captioning scores decoded "
-                    "captions (keep protocol leakfree and dsl false)")
-    return errs
+def canonical_trial(cfg: TrialConfig) -> TrialConfig:
+    """A valid config in its one spelling: the baseline (loss.align none) carries anchors.count 0, as studies begun
+    before CALM became one switch wrote it, so both spellings give one arm id."""
+    if calm_enabled(cfg) or cfg.anchors.count == 0:
+        return cfg
+    return replace(cfg, anchors=replace(cfg.anchors, count=0))
 
 
 def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
@@ -138,7 +142,7 @@ def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
     downloaded or loaded here: the pre-flight check loads a file once before Ray starts)."""
     import open_clip
 
-    from calm_study.models.backbone import looks_like_path, register_tiny_models
+    from calm_study.clip_archs import looks_like_path, register_tiny_models
 
     register_tiny_models()
     archs = open_clip.list_models()
@@ -206,36 +210,17 @@ def absolute_paths(cfg: TrialConfig) -> TrialConfig:
     return replace(cfg, data=data)
 
 
-def trial_from_dict(data: dict, source: str = "<config>") -> TrialConfig:
-    """Build and check a TrialConfig; raises ConfigError listing every problem."""
+def trial_from_dict(data: dict, source: str = "<config>", check: bool = True) -> TrialConfig:
+    """Build and check a TrialConfig in its canonical spelling; raises ConfigError listing every problem.
+
+    check=False only builds it (types and keys are still strict): for a config that was checked once already, as
+    the trials a study sends to its Ray workers are (study/ray_runner.py)."""
     if not isinstance(data, dict):
         raise ConfigError(source, [f"expected a mapping of sections, got {type(data).__name__}"])
     errors: list[str] = []
     cfg = from_dict(TrialConfig, data, "", errors)
-    if not errors:
+    if not errors and check:
         errors += check_trial(cfg)
     if errors:
         raise ConfigError(source, errors)
-    return cfg
-
-
-def trial_to_dict(cfg: TrialConfig) -> dict:
-    return to_dict(cfg)
-
-
-def config_differences(saved: dict, cfg: TrialConfig) -> list[str]:
-    """'key: a -> b' for every flattened key whose value differs between a stored config (a checkpoint's,
-    a manifest's) and `cfg`.
-
-    A key the stored config lacks was added to calm_study after it was written: it matches when `cfg` has that
-    field's default (the behaviour the stored run had). A key `cfg` lacks was removed from calm_study: ignored.
-    """
-    a, b = flatten(saved), flatten(to_dict(cfg))
-    defaults = flatten(to_dict(type(cfg)()))
-    diffs = []
-    for k in sorted(b):
-        before = a[k] if k in a else defaults.get(k)
-        if before != b[k]:
-            added = "" if k in a else " (a field added since; the stored run had its default)"
-            diffs.append(f"{k}: {before!r} -> {b[k]!r}{added}")
-    return diffs
+    return canonical_trial(cfg)

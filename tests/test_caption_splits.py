@@ -129,7 +129,7 @@ def test_missing_annotation_file_for_caption_split(tmp_path: Path):
 
 def test_unknown_split_suggests_and_lists_caption_splits(tmp_path: Path):
     assert SPLITS["msrvtt"][-3:] == CAPTION_SPLITS
-    with pytest.raises(ValueError, match=r"unknown split 'caption_tset'.*Did you mean 'caption_test'\?") as err:
+    with pytest.raises(ValueError, match=r"unknown split 'caption_tset'.*\(did you mean 'caption_test'\?\)") as err:
         read_dataset("msrvtt", tmp_path, "caption_tset")
     assert "caption_train, caption_val, caption_test" in str(err.value)
 

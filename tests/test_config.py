@@ -3,7 +3,8 @@
 import pytest
 
 from calm_study.config import TrialConfig
-from calm_study.configio import ConfigError, parse_yaml
+from calm_study.configio import ConfigError, parse_yaml, set_path
+from calm_study.study.identity import arm_id
 from calm_study.study.spec import expand, load_study
 from calm_study.validate import trial_from_dict
 
@@ -41,10 +42,37 @@ def test_semantic_problems_name_key_and_valid_values():
     assert "anchors.count: 100 is more than the 80 labels of source 'coco80'" in text
 
 
-def test_baseline_and_anchor_consistency():
-    assert any("needs anchors" in e for e in problems(trial_from_dict, {"anchors": {"count": 0}}))
-    assert any("unused" in e for e in problems(trial_from_dict, {"loss": {"align": "none"}}))
-    assert trial_from_dict({"anchors": {"count": 0}, "loss": {"align": "none"}}).anchors.count == 0
+def test_calm_is_one_switch_and_the_old_baseline_spelling_is_the_same_arm():
+    assert any("needs at least one anchor" in e for e in problems(trial_from_dict, {"anchors": {"count": 0}}))
+    new, old = trial_from_dict({"loss": {"align": "none"}}), trial_from_dict({"anchors": {"count": 0},
+                                                                             "loss": {"align": "none"}})
+    assert new == old and new.anchors.count == 0 and arm_id(new) == arm_id(old)
+    errs = problems(trial_from_dict, {"loss": {"align": "none"}, "anchors": {"count": 50}})
+    assert any(e.startswith("anchors.count: 50 is read only by CALM") for e in errs), errs
+
+
+@pytest.mark.parametrize("knob, value, owner", [
+    ("model.trials", 5, "family tmass"), ("model.support_weight", 0.8, "family tmass"),
+    ("model.pool_heads", 2, "family xpool, family tmass"), ("model.temporal", "transformer", "family clip4clip"),
+    ("caption.beam_size", 3, "task captioning"), ("vae.latent_dim", 64, "loss.align vae"),
+    ("anchors.tau", 20.0, "CALM")])
+def test_a_knob_the_trial_does_not_read_is_refused_naming_who_reads_it(knob, value, owner):
+    family = "xpool" if knob.startswith("model.temporal") else "clip4clip"
+    align = "none" if knob.startswith("anchors") else "kl"
+    doc = set_path({"model": {"family": family}, "loss": {"align": align}}, knob, value)
+    errs = problems(trial_from_dict, doc)
+    assert len(errs) == 1 and errs[0].startswith(f"{knob}: {value!r} is read only by {owner}"), errs
+    assert f"family {family}, task retrieval" in errs[0]
+
+
+def test_a_knob_at_its_default_is_never_refused_and_read_knobs_are_accepted():
+    trial_from_dict({"model": {"family": "clip4clip", "trials": 20, "pool_heads": 1}})  # defaults: nothing set
+    trial_from_dict({"model": {"family": "tmass", "trials": 5, "support_weight": 0.8, "pool_heads": 2}})
+    trial_from_dict({"model": {"family": "clip4clip", "temporal": "transformer", "temporal_layers": 2}})
+    errs = problems(trial_from_dict, {"model": {"family": "clip4clip", "temporal_layers": 2}})  # mean fusion
+    assert errs and errs[0].startswith("model.temporal_layers: 2 is read only by family clip4clip"), errs
+    assert problems(trial_from_dict, {"model": {"family": "tmass", "prior_std": 0.5}})  # uniform01 has no std
+    trial_from_dict({"model": {"family": "tmass", "prior": "normal", "prior_std": 0.003}})
 
 
 def test_duplicate_keys_and_syntax_errors_name_the_line(tmp_path):
@@ -68,7 +96,7 @@ name: t
 base:
   model: {clip: calm-tiny, pretrained: null}
 search:
-  grid: {loss.alpha: [0.05, 0.1]}
+  grid: {optim.lr_new: [1e-5, 2e-5]}
   combinations:
     - {anchors.count: 0, loss.align: none}
     - {anchors.count: 157}
@@ -95,13 +123,13 @@ def test_study_expansion_grid_times_combinations_times_seeds(tmp_path):
 
 def test_study_errors_are_collected(tmp_path):
     f = tmp_path / "t.yaml"
-    f.write_text(STUDY.replace("loss.alpha", "loss.alfa").replace("seeds: [0, 1]", "seeds: [0, 0]\nmetrc: {}"))
+    f.write_text(STUDY.replace("optim.lr_new", "optim.lr_nwe").replace("seeds: [0, 1]", "seeds: [0, 0]\nmetrc: {}"))
     errs = problems(load_study, f)
     text = "\n".join(errs)
     assert "metrc: unknown key (did you mean 'metric'?)" in text
-    f.write_text(STUDY.replace("loss.alpha", "loss.alfa").replace("seeds: [0, 1]", "seeds: [0, 0]"))
+    f.write_text(STUDY.replace("optim.lr_new", "optim.lr_nwe").replace("seeds: [0, 1]", "seeds: [0, 0]"))
     text = "\n".join(problems(load_study, f))
-    assert "search: 'loss.alfa' is not a trial config key (did you mean 'loss.alpha'?)" in text
+    assert "search: 'optim.lr_nwe' is not a trial config key (did you mean 'optim.lr_new'?)" in text
     assert "seeds: [0, 0] must be a non-empty list of distinct integers" in text
     f.write_text(STUDY.replace("{anchors.count: 157}", "{anchors.count: 500}"))
     text = "\n".join(problems(load_study, f))

@@ -13,9 +13,9 @@ from calm_study.data.dataset import EvalVideos, TrainPairs, collate
 from calm_study.data.feature_cache import FeatureCache, weights_fingerprint
 from calm_study.data.records import VideoRecord
 from calm_study.data.sources import load_records
-from calm_study.models.families import FAMILY_TASK, build_model
+from calm_study.models.families import FAMILIES, build_model
 from calm_study.tasks.retrieval.scoring import similarity
-from calm_study.training.fit import fit, inputs
+from calm_study.training.fit import fit
 from calm_study.training.frozen import FrozenFeatures
 from calm_study.validate import check_trial, trial_from_dict
 
@@ -26,7 +26,7 @@ NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 def frozen_doc(tiny_doc, tmp_path, family="tmass", **model):
     doc = copy.deepcopy(tiny_doc)
     doc["model"].update(family=family, frozen=True, **model)
-    doc["task"] = FAMILY_TASK[family]
+    doc["task"] = FAMILIES[family].task
     doc["anchors"]["encode"] = "once"
     doc["loss"] = {"align": "vae"}
     doc["data"]["feature_cache"] = str(tmp_path / "features")
@@ -196,7 +196,7 @@ def test_a_training_step_on_cached_features_equals_the_step_on_pixels(tiny_doc, 
         batch = collate([items[i] for i in range(8)])
         model.zero_grad()
         torch.manual_seed(1)  # the same VAE and T-MASS noise in both passes
-        terms = step_terms(task, model, model(inputs(model, batch, CPU)), weights)
+        terms = step_terms(task, model, model(task.inputs(model, batch, CPU)), weights)
         terms["total"].backward()
         losses.append({k: float(v.detach()) for k, v in terms.items()})
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -253,7 +253,7 @@ def test_a_frozen_checkpoint_refuses_other_encoder_weights(tiny_doc, tmp_path):
     model.pretrained file was replaced) is refused, not silently trained on."""
     import open_clip
 
-    from calm_study.models.backbone import register_tiny_models
+    from calm_study.clip_archs import register_tiny_models
 
     register_tiny_models()
     weights = tmp_path / "clip.pt"

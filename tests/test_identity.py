@@ -2,14 +2,16 @@
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
-from calm_study.config import DatasetRef, ModelConfig, TrialConfig
+from calm_study.config import DatasetRef, ModelConfig, TrialConfig, fields_with_role
 from calm_study.configio import flatten, from_dict, to_dict
 from calm_study.names import CHECKPOINT_FILE
 from calm_study.study.identity import arm_id, baseline, canonical_config
@@ -20,7 +22,9 @@ from calm_study.study.state import (
     StudyStateError,
     adopt_recorded_keys,
     check_same_study,
+    study_status,
     study_trials,
+    write_study_results,
 )
 from calm_study.training.checkpoint import load_checkpoint
 from calm_study.training.fit import fit
@@ -190,3 +194,61 @@ def test_identity_marker_is_written(tmp_path):
     check_same_study(study, expand(study))
     files = StudyFiles(study)
     assert json.loads(files.storage.read_text(files.manifest))["identity"] == IDENTITY
+
+
+RUNTIME_SETTINGS = ["data.roots={synthetic: /elsewhere, msrvtt: /mnt/msrvtt}", "data.frame_cache=/scratch/frames",
+                    "data.loader_workers=2", "data.feature_cache=/scratch/features", "train.eval_batch_size=64",
+                    "evaluation.text_chunk=8", "train.log_every=10", "data.cache_dir=/scratch/cache",
+                    "data.decoder=pyav", "data.on_error=skip"]
+
+
+def test_settings_of_how_a_trial_runs_are_out_of_the_arm_id_and_the_same_study_resumes_with_them(tmp_path):
+    """config.RUNTIME fields (one mark per field) change neither arm ids nor the study: moving the data, turning the
+    frame cache on or adding loader workers halfway through resumes every trial."""
+    assert set(fields_with_role("runtime")) >= {s.split("=")[0] for s in RUNTIME_SETTINGS}
+    path = study_file(tmp_path)
+    study = load_study(path)
+    trials = expand(study)
+    check_same_study(study, trials)
+    moved = load_study(path, sets=RUNTIME_SETTINGS)
+    assert [t.key for t in expand(moved)] == [t.key for t in trials]
+    check_same_study(moved, expand(moved))  # nothing refused
+    for setting in RUNTIME_SETTINGS:  # each alone, too
+        assert arm_id(load_study(path, sets=[setting]).base) == arm_id(study.base), setting
+    changed = load_study(path, sets=["anchors.tau=20.0"])
+    with pytest.raises(StudyStateError, match="anchors.tau"):  # what defines an arm still may not change
+        check_same_study(changed, expand(changed))
+
+
+def test_checkpoint_check_reads_the_same_marks():
+    from calm_study.training.checkpoint import RESUMABLE_DIFFERENCES
+
+    assert set(RESUMABLE_DIFFERENCES) == set(fields_with_role("runtime")) | {"train.epochs", "data.eval"}
+
+
+LEGACY_V2 = REPO / "tests" / "data" / "legacy_v2"  # a demo-sized study run by the previous version (identity 2)
+
+
+def test_a_study_run_by_the_previous_version_resumes_with_moved_data_caches_and_workers(tmp_path):
+    """tests/data/legacy_v2: the manifest and metric logs the previous calm_study wrote for a two-trial tmass study
+    with train.log_every 0 (its arm ids hashed that and every other runtime setting). Today's ids differ, so the
+    study keeps its recorded keys; with the data moved, a frame cache and 2 loader workers it is the same study,
+    every trial is complete (nothing to train) and its results rebuild."""
+    shutil.copytree(LEGACY_V2, tmp_path / "runs" / "legacy_v2", ignore=shutil.ignore_patterns("study.yaml"))
+    recorded = set(json.loads((LEGACY_V2 / "manifest.json").read_text())["trials"])
+    sets = [f"storage={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}", "data.loader_workers=2",
+            f"data.cache_dir={tmp_path / 'moved'}", f"data.frame_cache={tmp_path / 'frames'}",
+            "data.roots={msrvtt: /mnt/elsewhere}"]
+    study = load_study(LEGACY_V2 / "study.yaml", sets=sets)
+    assert {t.key for t in expand(study)}.isdisjoint(recorded)  # today's ids leave log_every out
+    trials = study_trials(study)
+    assert {t.key for t in trials} == recorded
+    check_same_study(study, trials)  # resumes: nothing refused
+    status = study_status(study, trials, live=False)
+    assert set(status.statuses.values()) == {"completed"} and set(status.epochs_done.values()) == {1}
+    path, _ = write_study_results(study, trials)
+    df = pd.read_parquet(path)
+    assert set(df.trial_key) == recorded and len(df) == 2 and "loss_support" in df.columns
+    changed = load_study(LEGACY_V2 / "study.yaml", sets=[*sets, "optim.lr_new=2e-5"])
+    with pytest.raises(StudyStateError, match="optim.lr_new"):
+        check_same_study(changed, study_trials(changed))

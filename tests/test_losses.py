@@ -9,8 +9,8 @@ from calm_study.config import LossConfig, TrialConfig
 from calm_study.models.calm import anchor_log_probs
 from calm_study.models.calm.align import ALIGN_LOSSES, align_weights
 from calm_study.models.calm.vae import AnchorVAE
-from calm_study.models.clip_family import symmetric_cross_entropy
 from calm_study.models.families import build_model
+from calm_study.models.losses import symmetric_cross_entropy
 from calm_study.tasks.base import weighted_total
 from calm_study.tasks.retrieval.task import RetrievalTask
 from calm_study.validate import trial_from_dict

@@ -6,23 +6,23 @@ import math
 import pytest
 import torch
 
-from calm_study.models.families import FAMILY_TASK, build_model
+from calm_study.models.families import FAMILIES, build_model, list_families
 from calm_study.tasks import build_task
-from calm_study.training.fit import fit, inputs, step_terms
+from calm_study.training.fit import fit, step_terms
 from calm_study.validate import trial_from_dict
 
 
 def doc_for(tiny_doc, family):
     doc = copy.deepcopy(tiny_doc)
     doc["model"]["family"] = family
-    doc["task"] = FAMILY_TASK[family]
+    doc["task"] = FAMILIES[family].task
     doc["train"].update(precision="bf16", epochs=1)
     if doc["task"] == "captioning":
         doc["caption"] = {"max_length": 10}
     return doc
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_TASK))
+@pytest.mark.parametrize("family", list_families())
 def test_bf16_autocast_step_keeps_fp32_loss_terms(tiny_doc, family):
     from calm_study.data.dataset import TrainPairs, collate
     from calm_study.data.sources import load_records
@@ -33,7 +33,7 @@ def test_bf16_autocast_step_keeps_fp32_loss_terms(tiny_doc, family):
     items = TrainPairs(records, cfg.data.num_frames, model.image_size, model.normalisation)
     batch = collate([items[i] for i in range(4)])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms = step_terms(task, model, model(inputs(model, batch, torch.device("cpu"))),
+        terms = step_terms(task, model, model(task.inputs(model, batch, torch.device("cpu"))),
                            {**task.term_weights(), **model.term_weights()})
     terms["total"].backward()
     assert all(t.dtype == torch.float32 and math.isfinite(float(t.detach())) for t in terms.values()), \

@@ -6,12 +6,11 @@ import optuna
 import pytest
 import yaml
 
-from calm_study.configio import ConfigError
+from calm_study.configio import ConfigError, to_dict
 from calm_study.study.optuna_export import export_optuna
 from calm_study.study.search import edge_rows, parse_space
 from calm_study.study.spec import expand, load_study
 from calm_study.study.state import StudyFiles, study_status, study_trials
-from calm_study.validate import trial_to_dict
 
 SPACE = {"loss.alpha": {"loguniform": [0.01, 1.0]}, "vae.latent_dim": {"choice": [64, 128]},
          "anchors.count": {"int": [10, 20]}, "train.batch_size": {"qint": [8, 32, 8]},
@@ -71,7 +70,7 @@ def test_sampled_trials_are_found_in_storage_and_exported_to_optuna(tmp_path):
         base = expand(study)[0].config
         key = f"arm{i}-s0"
         record = {"arm_id": f"arm{i}", "seed": 0, "swept": sampled, "tune_dir": f"t{i}",
-                  "config": trial_to_dict(base)}
+                  "config": to_dict(base)}
         files.storage.write_text(files.trial_file(key), json.dumps(record))
         for epoch, value in enumerate(r1, 1):
             files.storage.append_line(files.run_log(key), json.dumps(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from calm_study.config import TrialConfig
+from calm_study.config import TrialConfig, calm_enabled
 
 SECTIONS = ("a", "b", "c", "d")
 
@@ -58,7 +58,7 @@ def choose_trial(configs: Sequence[TrialConfig], index: int | None) -> int:
         if not 0 <= index < len(configs):
             raise BenchError(f"--trial {index}: the study has trials 0..{len(configs) - 1}")
         return index
-    return next((i for i, c in enumerate(configs) if c.anchors.count > 0), 0)
+    return next((i for i, c in enumerate(configs) if calm_enabled(c)), 0)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def run_bench(cfg: TrialConfig, what: str, opts: BenchOptions, out: Callable[[st
 
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     m = cfg.model
-    calm = f"CALM K={cfg.anchors.count} ({cfg.anchors.source}, {cfg.loss.align})" if cfg.anchors.count else "no CALM"
+    calm = f"CALM K={cfg.anchors.count} ({cfg.anchors.source}, {cfg.loss.align})" if calm_enabled(cfg) else "no CALM"
     out(f"bench: {what}: {cfg.task}/{m.family}, {m.clip} (pretrained {m.pretrained or 'none: random init'}), {calm}, "
         f"T={cfg.data.num_frames} frames, train.batch_size {cfg.train.batch_size}, precision {cfg.train.precision}")
     out(f"bench: device {device}: {device_line(device)}; torch {torch.__version__}")

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import torch
 
+from calm_study.clip_archs import image_size
 from calm_study.config import TrialConfig
 from calm_study.data.bench import bench_decoding
 from calm_study.data.records import VideoRecord
 from calm_study.data.sources import load_records
-from calm_study.models.backbone import image_size
 from calm_study.progress import say
 
 

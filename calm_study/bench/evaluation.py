@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from calm_study.bench.step import captions, fmt_s
 from calm_study.config import TrialConfig
-from calm_study.models.families import Bank, VideoTextModel, build_model
+from calm_study.models.families import Bank, VideoTextModel, build_model, family_of
 from calm_study.progress import say
 from calm_study.tasks.retrieval.scoring import score_banks
 
@@ -61,21 +60,13 @@ class PeakRSS:
         self.peak = max(self.peak, rss_mib())
 
 
-def random_banks(family: str, n_text: int, n_video: int, num_frames: int, width: int, trials: int,
-                 device: torch.device, seed: int = 0) -> tuple[Bank, Bank]:
-    """(text bank, video bank) with each family's keys and shapes (models/clip4clip.py, xpool.py, tmass.py)."""
-    g = torch.Generator().manual_seed(seed)
-    if family == "clip4clip":  # normalised features: text (N_text, D), video (N_video, D)
-        text: Bank = F.normalize(torch.randn(n_text, width, generator=g), dim=-1)
-        video: Bank = F.normalize(torch.randn(n_video, width, generator=g), dim=-1)
-    elif family in ("xpool", "tmass"):  # raw text (N_text, D); frames (N_video, T, D) with their mask (N_video, T)
-        text = {"text": torch.randn(n_text, width, generator=g)}
-        if family == "tmass":  # the `trials` draws of ε per text: (N_text, trials, D), T-MASS's uniform prior
-            text["noise"] = torch.rand(n_text, trials, width, generator=g)
-        video = {"frames": torch.randn(n_video, num_frames, width, generator=g),
-                 "mask": torch.ones(n_video, num_frames, dtype=torch.bool)}
-    else:
-        raise ValueError(f"model.family {family!r} has no retrieval banks to score")
+def random_banks(cfg: TrialConfig, n_text: int, n_video: int, num_frames: int, width: int, device: torch.device,
+                 seed: int = 0) -> tuple[Bank, Bank]:
+    """(text bank, video bank) of random features with the keys and shapes of cfg's family (its registry entry)."""
+    family = family_of(cfg)
+    if family.random_banks is None:
+        raise ValueError(f"model.family {family.name!r} has no retrieval banks to score")
+    text, video = family.random_banks(n_text, n_video, num_frames, width, cfg, torch.Generator().manual_seed(seed))
 
     def move(bank: Bank) -> Bank:
         return {k: v.to(device) for k, v in bank.items()} if isinstance(bank, dict) else bank.to(device)
@@ -131,12 +122,13 @@ def run_evaluation(cfg: TrialConfig, n_text: int, n_video: int, device: torch.de
     model = build_model(cfg).to(device).eval()
     width = model.backbone.embed_dim  # D of every CLIP-based retrieval family
     chunk = cfg.evaluation.text_chunk
-    draws = f", {cfg.model.trials} stochastic texts per pair" if cfg.model.family == "tmass" else ""
+    stochastic = "model.trials" in family_of(cfg).knobs_read(cfg)
+    draws = f", {cfg.model.trials} stochastic texts per pair" if stochastic else ""
     out(f"(b) evaluation of {n_text} texts x {n_video} videos ({cfg.model.family}, {cfg.model.clip}, T={t}, D={width}"
         f"{draws}; model in eval mode, no gradients, fp32)")
 
     say(f"(b) scoring {n_text} x {n_video} random banks in chunks of {chunk} texts ...")
-    text_bank, video_bank = random_banks(cfg.model.family, n_text, n_video, t, width, cfg.model.trials, device)
+    text_bank, video_bank = random_banks(cfg, n_text, n_video, t, width, device)
     scoring = measure_scoring(model, text_bank, video_bank, chunk, device)
     del text_bank, video_bank
     out(f"  scoring (score_banks, text_chunk {chunk}): {fmt_s(scoring['seconds'])}, {scoring['peak_mib']:.0f} MiB "

@@ -104,10 +104,12 @@ class _Stepper:
         self.weights = {**self.task.term_weights(), **self.model.term_weights()}
 
     def batch(self, b: int) -> dict:
+        """The model input of a collated batch of b pairs, as the task makes it (untimed, as the loader is)."""
         t, s = self.cfg.data.num_frames, self.model.image_size
-        return {"frames": torch.randn(b, t, 3, s, s, device=self.device),  # (B, T, 3, S, S), like normalised pixels
-                "mask": torch.ones(b, t, dtype=torch.bool, device=self.device),  # (B, T)
-                "tokens": self.model.tokenize(captions(b)).to(self.device)}  # (B, L)
+        collated = {"frames": torch.randn(b, t, 3, s, s, device=self.device),  # (B, T, 3, S, S), like normalised pixels
+                    "mask": torch.ones(b, t, dtype=torch.bool, device=self.device),  # (B, T)
+                    "captions": captions(b)}
+        return self.task.inputs(self.model, collated, self.device)
 
     def step(self, batch: dict) -> float:
         """Seconds of one training step: forward, loss terms, backward, clipping, AdamW and schedule."""

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from calm_study.bench.step import fmt_s
+from calm_study.clip_archs import image_size
 from calm_study.config import TrialConfig
 from calm_study.data.sources import frame_cache, load_records
-from calm_study.models.backbone import image_size
 from calm_study.progress import say
 from calm_study.training.fit import fit
 

@@ -22,6 +22,7 @@ from calm_study.data.video import (
     probe_video,
     read_video,
 )
+from calm_study.names import FRAME_FEATURES
 from calm_study.progress import say
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel
@@ -30,7 +31,7 @@ FAILURE_POLICIES = ("error", "skip")
 
 class _ClipLoader:
     """Frames of one record as model input, through the frame cache when there is one; or, in frozen-feature mode,
-    the record's cached CLIP frame features (T, D). Shared by both datasets."""
+    the record's cached CLIP frame features (T, D) under their own key. Shared by both datasets."""
 
     def __init__(self, num_frames: int, image_size: int, normalisation: Normalisation, decoder: str,
                  frame_cache: FrameCache | None, features: SplitFeatures | None = None) -> None:
@@ -50,15 +51,17 @@ class _ClipLoader:
         self.frame_cache = frame_cache
         self.features = features
 
-    def __call__(self, record: VideoRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, record: VideoRecord) -> dict:
+        """{"frames" (T, 3, S, S) float32, "mask" (T,) bool}, or frozen {FRAME_FEATURES (T, D) float32, "mask"}."""
         if self.features is not None:
-            return self.features.video(record)  # (T, D) float32, (T,) bool
+            features, mask = self.features.video(record)  # (T, D) float32, (T,) bool
+            return {FRAME_FEATURES: features, "mask": mask}
         if self.frame_cache is not None:
             frames, mask = self.frame_cache.get(record)  # (T, S, S, 3) uint8, already resized and cropped
-            return normalise_frames(frames, *self.normalisation), mask  # (T, 3, S, S) float32, (T,) bool
+            return {"frames": normalise_frames(frames, *self.normalisation), "mask": mask}  # (T, 3, S, S), (T,)
         frames, mask = read_video(record.path, self.num_frames, start=record.start, end=record.end,
                                   decoder=self.decoder)  # (T, H, W, 3) uint8, (T,) bool
-        return preprocess_frames(frames, self.image_size, *self.normalisation), mask  # (T, 3, S, S), (T,)
+        return {"frames": preprocess_frames(frames, self.image_size, *self.normalisation), "mask": mask}
 
 
 class TrainPairs(Dataset):
@@ -83,8 +86,7 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video_index, caption = self.pairs[i]
-        frames, mask = self.load(self.records[video_index])
-        item = {"frames": frames, "mask": mask, "caption": caption, "video_index": video_index}
+        item = {**self.load(self.records[video_index]), "caption": caption, "video_index": video_index}
         if self.load.features is not None:
             item["text_feature"] = self.load.features.text(caption)  # (D,): the frozen text encoder's
         return item
@@ -117,20 +119,21 @@ class EvalVideos(Dataset):
         if not -len(self.records) <= i < len(self.records):
             raise IndexError(f"video index {i} out of range for {len(self.records)} videos")
         i = i % len(self.records)
-        frames, mask = self.load(self.records[i])
-        return {"frames": frames, "mask": mask, "video_index": i}
+        return {**self.load(self.records[i]), "video_index": i}
 
 
 def collate(batch: list[dict]) -> dict:
     """Stack items from TrainPairs / EvalVideos.
 
-    frames (B, T, 3, S, S) (frozen-feature mode: (B, T, D) CLIP features), mask (B, T), video_index (B,) long, and,
-    when items carry a caption, "captions": list[str] (and, frozen, "text_features" (B, D)).
+    "frames" (B, T, 3, S, S), or in frozen-feature mode FRAME_FEATURES (B, T, D) CLIP features, mask (B, T),
+    video_index (B,) long, and, when items carry a caption, "captions": list[str] (and, frozen, "text_features"
+    (B, D)).
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
+    video = "frames" if "frames" in batch[0] else FRAME_FEATURES
     out: dict = {
-        "frames": torch.stack([item["frames"] for item in batch]),  # (B, T, 3, S, S)
+        video: torch.stack([item[video] for item in batch]),  # (B, T, 3, S, S) or (B, T, D)
         "mask": torch.stack([item["mask"] for item in batch]),  # (B, T)
         "video_index": torch.tensor([int(item["video_index"]) for item in batch], dtype=torch.long),  # (B,)
     }

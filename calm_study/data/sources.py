@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from calm_study.clip_archs import image_size, looks_like_path
 from calm_study.config import DataConfig, DatasetRef, TrialConfig
 from calm_study.configio import ConfigError
 from calm_study.data.dataset import apply_failure_policy, check_videos
@@ -14,7 +15,6 @@ from calm_study.data.frame_cache import FrameCache
 from calm_study.data.readers import read_dataset
 from calm_study.data.records import VideoRecord
 from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
-from calm_study.models.backbone import image_size, looks_like_path
 from calm_study.names import DATA_ENV
 from calm_study.progress import say
 
@@ -141,7 +141,7 @@ def _checked(records: list[VideoRecord], cfg: DataConfig, cache: FrameCache | No
     return sorted(earlier + failures, key=lambda f: order[id(f[0])])
 
 
-def check_all_videos(configs: list[TrialConfig], source: str, batch_sizes: dict[str, int] | None = None) -> None:
+def check_all_videos(configs: list[TrialConfig], source: str) -> None:
     """Before any trial starts: open every video of every real dataset split once (remembered per file). Under
     data.on_error error, any unreadable video stops the study; under skip, more than data.max_skipped_fraction of a
     split does; a training split with fewer (video, caption) pairs than one batch does too. Synthetic data is

@@ -1,12 +1,11 @@
 """CLIP through open_clip: image encoder for frames, text encoder for captions and anchor prompts.
 
-`calm-tiny` (calm_study/models/configs/calm-tiny.json: 32² images, 2-layer towers, width 64) is registered with
-open_clip so demos and tests run the real open_clip code on CPU without downloading weights.
+calm_study's tiny architectures (`calm-tiny`), an architecture's input size and the tag-or-file test of
+`model.pretrained` live in calm_study/clip_archs.py, which needs no model.
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import open_clip
@@ -14,30 +13,7 @@ import torch
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-TINY_MODELS = ("calm-tiny",)
-
-
-def register_tiny_models() -> None:
-    """Add calm_study's small architectures to open_clip's model registry (idempotent)."""
-    if all(name in open_clip.list_models() for name in TINY_MODELS):
-        return
-    open_clip.add_model_config(Path(str(resources.files("calm_study") / "models" / "configs")))
-
-
-def image_size(arch: str) -> int:
-    """The input resolution S of an open_clip architecture (S x S frames), without building the model."""
-    register_tiny_models()
-    size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
-    return _side(size)
-
-
-def _side(size: int | tuple | list) -> int:
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def looks_like_path(pretrained: str) -> bool:
-    """A checkpoint path rather than an open_clip tag (tags have no path separator and no file extension)."""
-    return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+from calm_study.clip_archs import TINY_MODELS, looks_like_path, register_tiny_models, side
 
 
 class CLIPBackbone(nn.Module):
@@ -61,7 +37,7 @@ class CLIPBackbone(nn.Module):
             raise RuntimeError(f"model.pretrained: could not load {pretrained!r} for {arch!r} ({e}); valid tags for "
                                f"this architecture: {', '.join(tags) or 'none'}, or a local checkpoint file") from e
         self.tokenizer = open_clip.get_tokenizer(arch)
-        self.image_size = _side(self.clip.visual.image_size)
+        self.image_size = side(self.clip.visual.image_size)
         self.embed_dim = int(self.clip.visual.output_dim)
         # The pixel normalisation this model was trained with (set by open_clip from the pretrained tag).
         preprocess = open_clip.get_model_preprocess_cfg(self.clip)

@@ -21,14 +21,17 @@ from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import CALMHead, build_calm_head
 from calm_study.models.caption_decoder import CaptionDecoder, beam_search, greedy
 from calm_study.models.clip_family import CLIPFamily
+from calm_study.models.registry import Family
 from calm_study.models.temporal import masked_mean
 
 IGNORE = -100  # label of a position after EOS (padding): no loss
 
 
 class CaptionModel(Protocol):
-    def generate(self, frames: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-        """(B, T, 3, S, S), (B, T) -> per video the decoded token ids (between BOS and EOS)."""
+    def generate(self, frames: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None
+                 ) -> list[list[int]]:
+        """Pixels (B, T, 3, S, S), or cached frame `features` (B, T, D) (frozen-feature mode), and the mask (B, T)
+        -> per video the decoded token ids (between BOS and EOS)."""
 
     def detokenize(self, ids: list[int]) -> str:
         """Token ids -> text."""
@@ -68,9 +71,9 @@ class Captioner(CLIPFamily):
                     p.requires_grad_(False)
 
     def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
-        """{"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> {"logits" (B, L'-1, V), "labels" (B, L'-1)}
-        (+ CALM's outputs)."""
-        h = self.frame_features(batch["frames"])  # (B, T, D)
+        """{"frames" (B, T, 3, S, S) or FRAME_FEATURES (B, T, D), "mask" (B, T), "tokens" (B, L)} -> {"logits"
+        (B, L'-1, V), "labels" (B, L'-1)} (+ CALM's outputs)."""
+        h = self.batch_frame_features(batch)  # (B, T, D)
         inputs, labels = shift(batch["tokens"], self.eos)
         logits = self.decoder(self.decoder.encode_frames(h), batch["mask"], inputs)  # (B, L'-1, V)
         out: dict = {"logits": logits, "labels": labels}
@@ -80,9 +83,10 @@ class Captioner(CLIPFamily):
         return out
 
     @torch.no_grad()
-    def generate(self, frames: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    def generate(self, frames: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None
+                 ) -> list[list[int]]:
         c = self.caption
-        frame_tokens = self.decoder.encode_frames(self.frame_features(frames))  # (B, T, W)
+        frame_tokens = self.decoder.encode_frames(self.frame_features(frames, features))  # (B, T, W)
         if c.beam_size == 1:
             return greedy(self.decoder, frame_tokens, mask, self.bos, self.eos, self.max_length)
         return beam_search(self.decoder, frame_tokens, mask, self.bos, self.eos, self.max_length, c.beam_size,
@@ -99,3 +103,8 @@ def build_captioner(cfg: TrialConfig) -> Captioner:
     decoder = CaptionDecoder(token_embedding, backbone.embed_dim, c.layers, c.heads, c.dropout)
     calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
     return Captioner(backbone, decoder, calm, c, cfg.loss.logit_scale_max)
+
+
+# The decoder's knobs (caption.*) belong to task captioning (tasks/__init__.py), which this family alone serves.
+FAMILY = Family(name="captioner", build=build_captioner, task="captioning",
+                summary="CoCap's caption decoder over the CLIP frame tokens (task captioning)")

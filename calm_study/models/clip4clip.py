@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calm_study.checks import at_least, fraction, one_of
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import CALMHead, build_calm_head
 from calm_study.models.clip_family import CLIPFamily
-from calm_study.models.temporal import build_temporal_fusion, masked_mean
+from calm_study.models.registry import Family
+from calm_study.models.temporal import build_temporal_fusion, list_temporal_fusions, masked_mean
 
 
 class Clip4Clip(CLIPFamily):
@@ -27,8 +29,9 @@ class Clip4Clip(CLIPFamily):
         self.calm = calm
 
     def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
-        """{"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> {"video", "text"} (B, D) (+ CALM's)."""
-        h = self.frame_features(batch["frames"])  # (B, T, D)
+        """{"frames" (B, T, 3, S, S) or FRAME_FEATURES (B, T, D), "mask" (B, T), "tokens" (B, L)} -> {"video", "text"}
+        (B, D) (+ CALM's)."""
+        h = self.batch_frame_features(batch)  # (B, T, D)
         video = self.fusion(h, batch["mask"])  # (B, D)
         text = self.caption_features(batch)  # (B, D)
         out: dict = {"video": video, "text": text}
@@ -45,8 +48,9 @@ class Clip4Clip(CLIPFamily):
     def text_bank(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         return F.normalize(self.text_features(tokens, features).float(), dim=-1)  # (N, D)
 
-    def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return F.normalize(self.fusion(self.frame_features(frames), mask).float(), dim=-1)  # (N, D)
+    def video_bank(self, frames: torch.Tensor | None, mask: torch.Tensor | None,
+                   features: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.fusion(self.frame_features(frames, features), mask).float(), dim=-1)  # (N, D)
 
     def score(self, text_bank: torch.Tensor, video_bank: torch.Tensor, pool_with: None = None) -> torch.Tensor:
         return text_bank @ video_bank.t()  # (N_text, N_video): cosine, both banks are normalised
@@ -59,3 +63,30 @@ def build_clip4clip(cfg: TrialConfig) -> Clip4Clip:
                                    m.temporal_layers, m.temporal_heads, m.temporal_dropout)
     calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
     return Clip4Clip(backbone, fusion, calm, cfg.loss.logit_scale_max)
+
+
+def _reads(cfg: TrialConfig) -> tuple[str, ...]:
+    """The fusion's own knobs only when it is the transformer (mean fusion has none)."""
+    return FAMILY.knobs if cfg.model.temporal == "transformer" else ("model.temporal",)
+
+
+def _check(cfg: TrialConfig) -> list[str]:
+    m = cfg.model
+    return (one_of("model.temporal", m.temporal, list_temporal_fusions())
+            + at_least("model.temporal_layers", m.temporal_layers, 1)
+            + at_least("model.temporal_heads", m.temporal_heads, 1)
+            + fraction("model.temporal_dropout", m.temporal_dropout))
+
+
+def _random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
+                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised features: text (N_text, D), video (N_video, D)."""
+    return (F.normalize(torch.randn(n_text, width, generator=g), dim=-1),
+            F.normalize(torch.randn(n_video, width, generator=g), dim=-1))
+
+
+FAMILY = Family(
+    name="clip4clip", build=build_clip4clip, task="retrieval",
+    summary="CLIP frame features fused over time (mean or transformer) into one text-independent video feature",
+    knobs=("model.temporal", "model.temporal_layers", "model.temporal_heads", "model.temporal_dropout"),
+    reads=_reads, check=_check, random_banks=_random_banks)

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calm_study.checks import at_least, one_of, positive
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import build_calm_head
-from calm_study.models.clip_family import symmetric_cross_entropy
-from calm_study.models.xpool import TextConditionedPool, XPool, pooled_cosine
+from calm_study.models.losses import symmetric_cross_entropy
+from calm_study.models.registry import Family
+from calm_study.models.xpool import POOL_KNOBS, TextConditionedPool, XPool, check_pool, pooled_cosine, random_pool_banks
 
 PRIORS = ("uniform01", "normal")  # model.prior
 
@@ -127,3 +129,31 @@ def build_tmass(cfg: TrialConfig) -> TMASS:
     model = TMASS(backbone, pool, radius, cfg)
     model.calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
     return model
+
+
+KNOBS = (*POOL_KNOBS, "model.prior", "model.prior_std", "model.support_weight", "model.trials", "model.eval_seed")
+
+
+def _reads(cfg: TrialConfig) -> tuple[str, ...]:
+    """prior_std only under the normal prior (uniform01 has no width)."""
+    return KNOBS if cfg.model.prior == "normal" else tuple(k for k in KNOBS if k != "model.prior_std")
+
+
+def _check(cfg: TrialConfig) -> list[str]:
+    m = cfg.model
+    return (check_pool(cfg) + one_of("model.prior", m.prior, PRIORS) + positive("model.prior_std", m.prior_std)
+            + at_least("model.support_weight", m.support_weight, 0) + at_least("model.trials", m.trials, 1))
+
+
+def _random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
+                  g: torch.Generator) -> tuple[dict, dict]:
+    """X-Pool's banks plus the model.trials draws of ε per text: (N_text, trials, D), T-MASS's uniform prior."""
+    text, video = random_pool_banks(n_text, n_video, num_frames, width, cfg, g)
+    text["noise"] = torch.rand(n_text, cfg.model.trials, width, generator=g)
+    return text, video
+
+
+FAMILY = Family(
+    name="tmass", build=build_tmass, task="retrieval",
+    summary="X-Pool pooling + T-MASS's stochastic text (the paper's baseline)", knobs=KNOBS, reads=_reads,
+    check=_check, text_conditioned=True, loss_terms=("support",), random_banks=_random_banks)

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calm_study.checks import at_least, fraction
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import CALMHead, build_calm_head
 from calm_study.models.clip_family import CLIPFamily
+from calm_study.models.registry import Family
 from calm_study.models.temporal import masked_mean
 
 
@@ -76,7 +78,7 @@ class XPool(CLIPFamily):
 
     def forward(self, batch: dict, vae_noise: torch.Tensor | None = None) -> dict:
         """-> {"text" (B, D), "frames" (B, T, D), "mask" (B, T)} (+ CALM's, from the frame mean and the text)."""
-        h = self.frame_features(batch["frames"])  # (B, T, D)
+        h = self.batch_frame_features(batch)  # (B, T, D): pixels encoded, or the cached FRAME_FEATURES
         text = self.caption_features(batch)  # (B, D)
         out: dict = {"text": text, "frames": h, "mask": batch["mask"]}
         if self.calm is not None:
@@ -91,8 +93,9 @@ class XPool(CLIPFamily):
     def text_bank(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> dict:
         return {"text": self.text_features(tokens, features).float()}  # (N, D), raw: the pooling normalises itself
 
-    def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> dict:
-        h = self.frame_features(frames).float()  # (N, T, D)
+    def video_bank(self, frames: torch.Tensor | None, mask: torch.Tensor | None,
+                   features: torch.Tensor | None = None) -> dict:
+        h = self.frame_features(frames, features).float()  # (N, T, D)
         real = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask.bool()
         return {"frames": h, "mask": real}
 
@@ -122,3 +125,26 @@ def build_xpool(cfg: TrialConfig) -> XPool:
     pool = TextConditionedPool(backbone.embed_dim, m.pool_heads, m.pool_dropout)
     calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
     return XPool(backbone, pool, calm, cfg.loss.logit_scale_max)
+
+
+POOL_KNOBS = ("model.pool_heads", "model.pool_dropout")
+
+
+def check_pool(cfg: TrialConfig) -> list[str]:
+    """The text-conditioned pooling's knobs (xpool and tmass)."""
+    m = cfg.model
+    return at_least("model.pool_heads", m.pool_heads, 1) + fraction("model.pool_dropout", m.pool_dropout)
+
+
+def random_pool_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
+                      g: torch.Generator) -> tuple[dict, dict]:
+    """Raw text (N_text, D); frames (N_video, T, D) with their mask (N_video, T)."""
+    return ({"text": torch.randn(n_text, width, generator=g)},
+            {"frames": torch.randn(n_video, num_frames, width, generator=g),
+             "mask": torch.ones(n_video, num_frames, dtype=torch.bool)})
+
+
+FAMILY = Family(
+    name="xpool", build=build_xpool, task="retrieval",
+    summary="X-Pool: each video pooled over its frames by the query text", knobs=POOL_KNOBS, check=check_pool,
+    text_conditioned=True, random_banks=random_pool_banks)

@@ -44,7 +44,7 @@ def report_dir(study_name: str, results_dir: str | Path = "results") -> Path:
     return Path(results_dir) / study_name / REPORT_DIR
 
 
-def _title(df: pd.DataFrame, study_name: str, sel: Selection) -> str:
+def _title(study_name: str, sel: Selection) -> str:
     trials = sel.rows.drop_duplicates(["arm_id", "seed"])
     return (f"{study_name}: {trials.arm_id.nunique()} arm(s), seeds {sorted(trials.seed.unique().tolist())}, "
             f"{len(trials)} trial(s) at the {sel.label}; left out: {sel.excluded_text()}")
@@ -59,10 +59,10 @@ def main_table(df: pd.DataFrame, study_name: str, epoch: str | int = "final", wi
     try:
         sel, tables = build_tables(conform(df), epoch)
         if width is None:
-            return _title(df, study_name, sel) + "\n" + to_text(tables[0])
+            return _title(study_name, sel) + "\n" + to_text(tables[0])
         import textwrap
 
-        return textwrap.fill(_title(df, study_name, sel), width) + "\n" + to_console(tables[0], width)
+        return textwrap.fill(_title(study_name, sel), width) + "\n" + to_console(tables[0], width)
     except ReportError as e:
         return f"{study_name}: no table yet ({e})"
     except Exception as e:  # noqa: BLE001 - the end-of-run summary must never fail a finished study
@@ -102,7 +102,7 @@ def write_report(study_name: str, results_dir: str | Path = "results", epoch: st
                           "user can write (the report goes to <results_dir>/<study>/_report/)") from None
     parts = [f"# Study `{study_name}`: results", "",
              f"Source: `{source}` ({len(df)} rows, schema version {SCHEMA_VERSION}). "
-             f"{_title(df, study_name, sel)}.", "", f"Main table: **{tables[0].title}**.", "", DEFINITIONS]
+             f"{_title(study_name, sel)}.", "", f"Main table: **{tables[0].title}**.", "", DEFINITIONS]
     for table in tables:
         image = plot(table, out / f"{table.key}.png")
         write_files(table, out)
@@ -119,4 +119,4 @@ def write_report(study_name: str, results_dir: str | Path = "results", epoch: st
     parts += [f"- {line}" for line in paper.status_lines()]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return path, _title(df, study_name, sel) + "\n" + to_text(tables[0])
+    return path, _title(study_name, sel) + "\n" + to_text(tables[0])

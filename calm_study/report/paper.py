@@ -66,12 +66,12 @@ def method_of(table: str, arm: Mapping[str, Any]) -> str | None:
     if table in CAPTIONING_TABLE.values():
         # Captioning: our captioner with CALM is the paper's CALM row; our plain captioner has no row of its own
         # (CoCap and CLIP4Caption are the nearest: caption_references lists them).
-        return "CALM" if family == CAPTION_FAMILY and align == "vae" and count > 0 else None
+        return "CALM" if family == CAPTION_FAMILY and align == "vae" else None
     if family != PAPER_FAMILY:
         return None
     source = str(arm.get("anchors_source", ""))
     if table in ("1", "2", "3"):
-        return "T-MASS" if align == "none" else "CALM" if align == "vae" and count > 0 else None
+        return "T-MASS" if align == "none" else "CALM" if align == "vae" else None
     if table == "6":
         if align == "none":
             return "anchors=0 source=none (baseline = T-MASS)"

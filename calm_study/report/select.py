@@ -135,8 +135,8 @@ def arm_frame(df: pd.DataFrame) -> pd.DataFrame:
     arms["model_family"] = arms.model_family.astype(object).fillna("clip4clip")
     arms["evaluation_protocol"] = arms.evaluation_protocol.astype(object).fillna("leakfree")
     arms["regime"] = arms.regime.astype(object).fillna("finetune")  # files before schema 5: all fine-tuned
-    no_anchors = arms.anchors_count == 0
-    arms["anchors_source"] = arms.anchors_source.astype(object).where(~no_anchors, "none")  # unused without anchors
+    no_calm = arms.loss_align == "none"  # CALM's one switch (config.calm_enabled)
+    arms["anchors_source"] = arms.anchors_source.astype(object).where(~no_calm, "none")  # unused without CALM
     return arms
 
 

@@ -11,6 +11,9 @@ Consequences, each deliberate:
   silently mixing two configurations. Pinning the old value in the study file gives the old ids back.
 - identity_baseline.json is never edited, only appended to: when a field is added, record its default there in the
   same change (tests/test_identity.py fails on a field it does not list).
+- Settings of how a trial runs (fields marked RUNTIME in config.py: data roots, caches, loader workers, evaluation
+  batch and chunk sizes, logging, decoder, on_error) are left out: moving the data, turning the frame cache on or
+  adding loader workers halfway through a study keeps every arm.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from calm_study.config import TrialConfig
+from calm_study.config import ROLE, RUNTIME, TrialConfig
 from calm_study.configio import to_dict
 
 BASELINE_FILE = "identity_baseline.json"
@@ -59,6 +62,8 @@ def _canonical(value: Any, reference: Any, path: str) -> Any:
         reference = reference if isinstance(reference, dict) else {}
         out = {}
         for f in fields(value):
+            if f.metadata.get(ROLE) == RUNTIME[ROLE]:
+                continue  # how the trial runs, not what it is
             c = _canonical(getattr(value, f.name), reference.get(f.name, _OMIT), f"{path}{f.name}.")
             if c is not _OMIT:
                 out[f.name] = c

@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import TrialConfig
-from calm_study.configio import set_path
+from calm_study.configio import set_path, to_dict
 from calm_study.data.sources import check_all_videos, check_weights, preflight
 from calm_study.external import require_java
 from calm_study.names import (
@@ -58,7 +58,7 @@ from calm_study.study.state import (
 from calm_study.study.storage import Storage
 from calm_study.study.tracking import EpochTracker, publish_settings, require_mlflow, sync_study
 from calm_study.training.fit import fit
-from calm_study.validate import absolute_paths, trial_from_dict, trial_to_dict
+from calm_study.validate import absolute_paths, trial_from_dict
 
 DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node (1.0 there, absent elsewhere)
@@ -85,7 +85,7 @@ class EpochLog(ray.train.UserCallback):
 
 def _worker_loop(config: dict) -> None:
     """Runs on every Train worker: resume from the run's latest checkpoint if there is one, then train."""
-    cfg = trial_from_dict(config["trial"], f"trial {config['key']}")
+    cfg = trial_from_dict(config["trial"], f"trial {config['key']}", check=False)  # checked once, by the driver
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         record = {**metrics, "arm_id": config["arm_id"], "seed": config["seed"]}
@@ -137,7 +137,7 @@ def _sampled_trial(config: dict, rt: dict) -> dict:
     for key, value in config["sampled"].items():
         doc = set_path(doc, key, value)
     cfg = trial_from_dict(set_path(doc, "train.seed", rt["seed"]), "sampled configuration")
-    trial = {"arm_id": arm_id(cfg), "seed": rt["seed"], "trial": trial_to_dict(cfg)}
+    trial = {"arm_id": arm_id(cfg), "seed": rt["seed"], "trial": to_dict(cfg)}
     trial["key"] = trial_key(trial["arm_id"], rt["seed"])
     storage = Storage(rt["storage"])
     record = {"arm_id": trial["arm_id"], "seed": rt["seed"], "swept": config["sampled"], "config": trial["trial"],
@@ -155,7 +155,8 @@ def _driver(config: dict) -> None:
     run_config = ray.train.RunConfig(
         name=name, storage_path=rt["train_uri"],
         callbacks=[EpochLog(rt["storage"], log_path), TuneReportCallback()],  # the log first (docs/ray.md)
-        checkpoint_config=checkpoint_config(trial_from_dict(trial["trial"], f"trial {trial['key']}")),
+        # Checked once when the study expanded (or, for an Optuna trial, when it was sampled): only parsed here.
+        checkpoint_config=checkpoint_config(trial_from_dict(trial["trial"], f"trial {trial['key']}", check=False)),
         failure_config=ray.train.FailureConfig(max_failures=rt["train_retries"]),
     )
     gpus = rt["gpus_per_worker"]
@@ -254,11 +255,11 @@ def param_space(study: Study, trials: list[Trial]) -> dict:
                "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
                "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries}
     if is_optuna(study):
-        runtime.update(base=trial_to_dict(absolute_paths(study.base)), seed=study.seeds[0])
+        runtime.update(base=to_dict(absolute_paths(study.base)), seed=study.seeds[0])
         space = parse_space(study.search.space)[0]
         return {"sampled": {key: _domain(*dist) for key, dist in space.items()}, "runtime": runtime}
     return {"trial": ray.tune.grid_search([{"key": t.key, "arm_id": t.arm_id, "seed": t.seed,
-                                            "trial": trial_to_dict(absolute_paths(t.config))} for t in trials]),
+                                            "trial": to_dict(absolute_paths(t.config))} for t in trials]),
             "runtime": runtime}
 
 

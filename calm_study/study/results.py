@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from calm_study.config import DatasetRef, TrialConfig
-from calm_study.configio import flatten
+from calm_study.configio import flatten, to_dict
 from calm_study.names import (
     EVAL_PREFIX,
-    LOSS_TERMS,
     RENAMED_TERMS,
     RESULTS_FILE,
     SAMPLES,
@@ -38,26 +37,40 @@ from calm_study.names import (
 )
 from calm_study.study.spec import Study, Trial
 from calm_study.study.storage import Storage
-from calm_study.validate import trial_to_dict
 
 # 2: arm_index, loss_align_dist. 3: task, model_family, lr_new (and stable arm ids). 4: captioning metrics (CIDEr,
-# BLEU4, METEOR, ROUGE_L, trivial_CIDEr) and the caption_* config columns. 5: regime (finetune | frozen). Every file
-# has every column below, with fixed types; older files read with the columns they lack as nulls.
-SCHEMA_VERSION = 5
+# BLEU4, METEOR, ROUGE_L, trivial_CIDEr) and the caption_* config columns. 5: regime (finetune | frozen). 6: no
+# trial_id (it was always empty); loss_support in every file (the loss columns come from the registries). Every file
+# has every column of fixed_columns(), with fixed types; older files read with the columns they lack as nulls.
+SCHEMA_VERSION = 6
 
-# Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
-# variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema.
-FIXED_COLUMNS = {
-    "schema_version": "int64", "study": "str", "arm_id": "str", "arm_index": "Int64", "seed": "int64",
-    "trial_key": "str", "trial_id": "str", "eval_set": "str", "eval_dataset": "str", "eval_split": "str",
-    "train_dataset": "str", "in_domain": "boolean", "epoch": "int64", "epochs": "int64", "status": "str",
-    "epoch_status": "str", "swept": "str", "regime": "str",
-    **{m: "float64" for m in all_metric_names()},
-    SKIPPED_VIDEOS: "Int64",
-    **{k: "float64" for k in [loss_column(t) for t in LOSS_TERMS] + ["lr_clip", "lr_new", "train_s", "eval_s",
-                                                                      "logged_at"]},
-    "train_skipped_videos": "Int64", "checkpoint": "str",
-}
+def loss_terms() -> tuple[str, ...]:
+    """Every loss term a registered component logs, from its owner: "total", each task's terms, each family's own
+    (T-MASS's "support") and each alignment variant's. A component registered later (register_family, ...) is
+    included, so every study's file carries the same loss columns and `pd.read_parquet("results")` drops none."""
+    from calm_study.models.calm.align import ALIGN_VARIANTS
+    from calm_study.models.families import FAMILIES
+    from calm_study.tasks import TASKS
+
+    owners = [*TASKS.values(), *FAMILIES.values(), *ALIGN_VARIANTS.values()]
+    return tuple(dict.fromkeys(["total", *(t for o in owners for t in getattr(o, "loss_terms", ())),
+                                *(t for v in ALIGN_VARIANTS.values() for t in v.term_names)]))
+
+
+def fixed_columns() -> dict[str, str]:
+    """Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
+    variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema."""
+    return {
+        "schema_version": "int64", "study": "str", "arm_id": "str", "arm_index": "Int64", "seed": "int64",
+        "trial_key": "str", "eval_set": "str", "eval_dataset": "str", "eval_split": "str",
+        "train_dataset": "str", "in_domain": "boolean", "epoch": "int64", "epochs": "int64", "status": "str",
+        "epoch_status": "str", "swept": "str", "regime": "str",
+        **{m: "float64" for m in all_metric_names()},
+        SKIPPED_VIDEOS: "Int64",
+        **{k: "float64" for k in [loss_column(t) for t in loss_terms()] + ["lr_clip", "lr_new", "train_s", "eval_s",
+                                                                           "logged_at"]},
+        "train_skipped_videos": "Int64", "checkpoint": "str",
+    }
 
 
 class ResultsError(ValueError):
@@ -122,7 +135,7 @@ def repair_metric_log(storage: Storage, log_path: str, resumed: dict | None) -> 
 
 def config_columns(trial: Trial) -> dict:
     """The flattened trial config as columns: 'anchors.count' -> 'anchors_count'."""
-    doc = trial_to_dict(trial.config)
+    doc = to_dict(trial.config)
     for key in ("roots", "video_dirs", "eval"):  # mappings and lists of sets: one JSON column each
         doc["data"][key] = json.dumps(doc["data"][key], sort_keys=True)
     flat = flatten(doc)
@@ -131,8 +144,7 @@ def config_columns(trial: Trial) -> dict:
     return cols
 
 
-def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_id: str = "",
-               arm_index: int | None = None) -> list[dict]:
+def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, arm_index: int | None = None) -> list[dict]:
     """Rows for one trial: every logged epoch x every evaluation set of its config."""
     rows = []
     cfg_cols = config_columns(trial)
@@ -145,7 +157,7 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, trial_i
             rows.append({
                 "schema_version": SCHEMA_VERSION, "study": study.name, "arm_id": trial.arm_id, "arm_index": arm_index,
                 "seed": trial.seed,
-                "trial_key": trial.key, "trial_id": trial_id, "eval_set": ref.label, "eval_dataset": ref.dataset,
+                "trial_key": trial.key, "eval_set": ref.label, "eval_dataset": ref.dataset,
                 "eval_split": ref.split, "train_dataset": trial.config.data.train.dataset,
                 "in_domain": _same_domain(trial.config.data.train, ref), "epoch": int(rec["epoch"]),
                 "epochs": trial.config.train.epochs, "status": status, "epoch_status": rec.get("status", ""),
@@ -182,14 +194,13 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def build_results(study: Study, trials: list[Trial], logs: dict[str, list[dict]], statuses: dict[str, str],
-                  trial_ids: dict[str, str] | None = None) -> pd.DataFrame:
+def build_results(study: Study, trials: list[Trial], logs: dict[str, list[dict]], statuses: dict[str, str]
+                  ) -> pd.DataFrame:
     """The study's frame (see `conform`): logs and statuses are keyed by Trial.key; `trials` in expansion order."""
-    rows, trial_ids = [], trial_ids or {}
+    rows = []
     order = {arm: i for i, arm in enumerate(dict.fromkeys(t.arm_id for t in trials))}  # the study file's row order
     for t in trials:
-        rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), trial_ids.get(t.key, ""),
-                           order[t.arm_id])
+        rows += trial_rows(study, t, logs.get(t.key, []), statuses.get(t.key, "pending"), order[t.arm_id])
     return conform(pd.DataFrame(rows))
 
 
@@ -236,7 +247,7 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
 
     Rows are sorted by (arm_index, arm_id, seed, epoch, eval_set): the study file's arm order.
     """
-    dtypes = {**FIXED_COLUMNS, **config_dtypes()}
+    dtypes = {**fixed_columns(), **config_dtypes()}
     out = pd.DataFrame(index=df.index)
     for col, dtype in dtypes.items():
         values = df[col] if col in df else pd.Series(None, index=df.index, dtype=object)

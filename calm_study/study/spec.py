@@ -32,11 +32,12 @@ from calm_study.configio import (
     load_yaml,
     parse_yaml,
     set_path,
+    to_dict,
 )
 from calm_study.names import TASK_METRICS, eval_key, trial_key
 from calm_study.study.identity import arm_id
 from calm_study.study.search import SAMPLERS, edge_rows, parse_space
-from calm_study.validate import check_trial, trial_to_dict
+from calm_study.validate import canonical_trial, check_trial
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ def expand(study: Study, source: str = "<study>") -> list[Trial]:
     For an Optuna study the trials are not known in advance: this returns configurations at the edges of its space
     (every bound, every choice), which is what validation and the pre-flight data check need.
     """
-    base = trial_to_dict(study.base)
+    base = to_dict(study.base)
     grid_keys = list(study.search.grid)
     rows = list(study.search.combinations) or [{}]
     if is_optuna(study):
@@ -337,6 +338,7 @@ def expand(study: Study, source: str = "<study>") -> list[Trial]:
                 problems.setdefault(e, []).append(swept)
             if errs or problems and any(swept in rows_ for rows_ in problems.values()):
                 continue
+            cfg = canonical_trial(cfg)  # the baseline's one spelling (anchors.count 0 with loss.align none)
             for seed in study.seeds:
                 c = replace(cfg, train=replace(cfg.train, seed=seed))
                 trials.append(Trial(arm_id(c), seed, c, swept))

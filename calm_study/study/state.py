@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from calm_study.configio import flatten
+from calm_study.config import ROLE, RUNTIME, fields_with_role, under
+from calm_study.configio import config_differences, flatten, to_dict
 from calm_study.names import (
     EVAL_PREFIX,
     MANIFEST,
@@ -37,7 +38,7 @@ from calm_study.study.results import (
 )
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
 from calm_study.study.storage import Storage
-from calm_study.validate import config_differences, trial_from_dict, trial_to_dict
+from calm_study.validate import trial_from_dict
 
 
 class StudyStateError(RuntimeError):
@@ -88,11 +89,14 @@ def check_writable(storage: Storage, folder: str, what: str) -> None:
                               "this user can write (on a cluster: one that every node sees)") from None
 
 
-IDENTITY = 2  # manifests of studies keyed by stable arm ids (study/identity.py); older ones have no "identity"
+# Manifests of studies keyed by the current arm ids (study/identity.py). 2: stable ids that still hashed settings of
+# how a trial runs (data roots, caches, workers); 3: those left out. Older ones (no "identity": every field hashed)
+# and version 2 keep the keys they recorded (adopt_recorded_keys).
+IDENTITY = 3
 
 
 def _manifest(study: Study, trials: list[Trial]) -> dict:
-    base = flatten(trial_to_dict(study.base))
+    base = flatten(to_dict(study.base))
     return {"identity": IDENTITY, "trials": {t.key: t.swept for t in trials},
             "base": {k: base[k] for k in base if k != "train.seed"}, "seeds": list(study.seeds)}
 
@@ -106,8 +110,9 @@ def _read_manifest(study: Study) -> dict | None:
 def adopt_recorded_keys(study: Study, trials: list[Trial]) -> list[Trial]:
     """The trials, keyed as the study's manifest recorded them when it predates stable arm ids.
 
-    Such a study (begun with calm_study 0.1, whose arm ids hashed every field) keeps its keys, so its Train runs,
-    checkpoints and Parquet rows are found again; check_same_study still refuses it if any value changed."""
+    Such a study (begun with calm_study 0.1, whose arm ids hashed every field, or with a version whose ids still
+    hashed the settings of how a trial runs) keeps its keys, so its Train runs, checkpoints and Parquet rows are found
+    again; check_same_study still refuses it if any value that defines an arm changed."""
     old = _read_manifest(study)
     if old is None or old.get("identity") == IDENTITY:
         return trials
@@ -127,7 +132,9 @@ def check_same_study(study: Study, trials: list[Trial]) -> None:
     if old is None:
         files.storage.write_text(files.manifest, json.dumps(new, indent=1, sort_keys=True, default=str))
         return
-    changes = [f"base {d}" for d in config_differences(old["base"], study.base) if not d.startswith("train.seed:")]
+    # The seed and the settings of how a trial runs (config.RUNTIME: data roots, caches, workers, ...) may change.
+    free = ("train.seed", *fields_with_role(RUNTIME[ROLE]))
+    changes = [f"base {d}" for d in config_differences(old["base"], study.base) if not under(d.split(":")[0], free)]
     if set(old["trials"]) == set(new["trials"]) and not changes:
         return
     if old["seeds"] != new["seeds"]:
@@ -302,12 +309,11 @@ def study_status(study: Study, trials: list[Trial], live: bool = True) -> StudyS
     return StudyStatus(statuses, errors, best, {k: len(v) for k, v in logs.items()}, skipped)
 
 
-def write_study_results(study: Study, trials: list[Trial], trial_ids: dict[str, str] | None = None
-                        ) -> tuple[Path, StudyStatus]:
+def write_study_results(study: Study, trials: list[Trial]) -> tuple[Path, StudyStatus]:
     """Build the Parquet from every trial's metric log and write it atomically; returns (its path, the status)."""
     status = study_status(study, trials, live=False)
     logs = trial_logs(study, trials)
-    df = build_results(study, trials, logs, status.statuses, trial_ids)
+    df = build_results(study, trials, logs, status.statuses)
     write_caption_samples(study, trials, logs)  # captioning: a few decoded captions per evaluation set
     return write_parquet_atomic(df, results_path(study)), status
 

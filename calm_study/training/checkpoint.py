@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calm_study.config import TrialConfig
-from calm_study.configio import to_dict
+from calm_study.config import RESUMABLE, ROLE, RUNTIME, TrialConfig, fields_with_role, under
+from calm_study.configio import config_differences, to_dict
+from calm_study.models.clip_family import FROZEN_KEPT  # the one backbone tensor that trains under model.frozen
 from calm_study.names import CHECKPOINT_FILE as STATE_FILE
-from calm_study.validate import config_differences
 
-# Keys that may differ between a checkpoint and the config resuming from it (they do not change what is trained).
-RESUMABLE_DIFFERENCES = ("train.epochs", "train.log_every", "train.eval_batch_size", "data.loader_workers",
-                         "data.cache_dir", "data.eval", "data.roots", "data.video_dirs", "data.frame_cache",
-                         "data.feature_cache", "data.decoder", "data.on_error")
+# Keys that may differ between a checkpoint and the config resuming from it: the settings of how a trial runs and
+# those with which a checkpoint stays a valid start (config.py marks each field once).
+RESUMABLE_DIFFERENCES = fields_with_role(RUNTIME[ROLE]) + fields_with_role(RESUMABLE[ROLE])
 
 
 def rng_state() -> dict:
@@ -46,9 +45,6 @@ def set_rng_state(states: list[dict], rank: int, world_size: int) -> None:
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s["cuda"])
-
-
-FROZEN_KEPT = "backbone.clip.logit_scale"  # the one backbone tensor that trains under model.frozen
 
 
 def frozen_encoder_key(name: str) -> bool:
@@ -79,7 +75,7 @@ def load_checkpoint(folder: Path, cfg: TrialConfig, map_location: torch.device |
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     state = torch.load(path, map_location=map_location, weights_only=True)
-    diffs = [d for d in config_differences(state["config"], cfg) if not d.startswith(RESUMABLE_DIFFERENCES)]
+    diffs = [d for d in config_differences(state["config"], cfg) if not under(d.split(":")[0], RESUMABLE_DIFFERENCES)]
     if diffs:
         raise ValueError(f"checkpoint {str(path)!r} was written for a different configuration: {'; '.join(diffs)}")
     state["model"] = {LEGACY_MODULES.get(k.split(".", 1)[0], "") + k: v for k, v in state["model"].items()}

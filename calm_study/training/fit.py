@@ -44,15 +44,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def inputs(model: VideoTextModel, batch: dict, device: torch.device) -> dict:
-    """A collated training batch as model input: frames and mask on the device, captions tokenised."""
-    x = {"frames": batch["frames"].to(device), "mask": batch["mask"].to(device),
-         "tokens": model.tokenize(batch["captions"]).to(device)}
-    if "text_features" in batch:  # frozen-feature mode: the captions' cached CLIP features
-        x["text_features"] = batch["text_features"].to(device)
-    return x
-
-
 def step_terms(task: Task, model: VideoTextModel, out: dict, weights: dict[str, float]) -> Terms:
     """The task's and the model's named terms for one batch's outputs, plus "total", their weighted sum."""
     terms = {**task.loss_terms(model, out), **model.extra_terms(out)}
@@ -95,7 +86,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         # Frozen-feature mode: every split's CLIP features come from the feature cache (computed there once, by the
         # first trial that needs them); the items then hold features, not pixels. All workers must hold the same
         # encoder (a random initialisation is seeded per worker), so rank 0's is broadcast first.
-        broadcast_from_rank0(model.backbone)
+        broadcast_from_rank0(model.encoders().module)
         features = FrozenFeatures(cfg, model, cache, device, log)
 
     def readable(ref) -> list:
@@ -148,7 +139,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         finite, done_steps = True, 0
         for step, batch in enumerate(loader):
             with autocast:
-                terms = step_terms(task, model, train_model(inputs(model, batch, device)), weights)
+                terms = step_terms(task, model, train_model(task.inputs(model, batch, device)), weights)
             if not all_finite(terms["total"]):
                 finite = False
                 break

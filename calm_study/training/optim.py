@@ -8,8 +8,7 @@ import torch
 
 from calm_study.config import OptimConfig
 from calm_study.models.families import VideoTextModel
-
-PRECISIONS = ("fp32", "bf16")  # train.precision
+from calm_study.names import PRECISIONS  # noqa: F401  (train.precision; spelled in names.py, read by validate.py)
 
 
 def group_lrs(o: OptimConfig) -> dict[str, float]:

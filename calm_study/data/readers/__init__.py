@@ -10,10 +10,10 @@ how a video folder living outside the annotation folder is used.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 
+from calm_study.configio import did_you_mean
 from calm_study.data.readers import didemo, lsmdc, msrvtt, msvd
 from calm_study.data.readers.safe_pickle import UnsafePickleError, load_restricted
 from calm_study.data.records import VideoRecord
@@ -39,11 +39,6 @@ def list_datasets() -> list[str]:
     return sorted(READERS)
 
 
-def _suggest(value: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(value.lower(), list(valid), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def read_dataset(name: str, root: str | Path, split: str, videos_dir: str | None = None) -> list[VideoRecord]:
     """The records of one split of a real dataset, read from its annotation files under ``root``.
 
@@ -51,10 +46,10 @@ def read_dataset(name: str, root: str | Path, split: str, videos_dir: str | None
     or annotation file, and ValueError naming file and line for malformed or empty annotations.
     """
     if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}.{_suggest(name, list_datasets())} "
+        raise ValueError(f"unknown dataset {name!r}{did_you_mean(name.lower(), list_datasets())}. "
                          f"Valid datasets: {', '.join(list_datasets())}.")
     if split not in SPLITS[name]:
-        raise ValueError(f"unknown split {split!r} for dataset {name!r}.{_suggest(split, SPLITS[name])} "
+        raise ValueError(f"unknown split {split!r} for dataset {name!r}{did_you_mean(split.lower(), SPLITS[name])}. "
                          f"Valid splits: {', '.join(SPLITS[name])}.")
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -1,5 +1,5 @@
 """CALM, the add-on: class anchors, anchor distributions, the VAE head and the alignment terms (Table 7)."""
 
-from calm_study.models.calm.head import CALMHead, anchor_log_probs, build_calm_head
+from calm_study.models.calm.head import CALM_KNOBS, CALMHead, anchor_log_probs, build_calm_head, calm_knobs, check_calm
 
-__all__ = ["CALMHead", "anchor_log_probs", "build_calm_head"]
+__all__ = ["CALM_KNOBS", "CALMHead", "anchor_log_probs", "build_calm_head", "calm_knobs", "check_calm"]

@@ -12,14 +12,16 @@ come from `head.terms(out)`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.config import LossConfig, TrialConfig
-from calm_study.models.calm.align import ALIGN_LOSSES, Terms, align_weights
-from calm_study.models.calm.anchors import AnchorBank, pick_labels
+from calm_study.checks import at_least, fraction, positive
+from calm_study.config import AnchorConfig, LossConfig, TrialConfig, calm_enabled
+from calm_study.models.calm.align import ALIGN_VARIANTS, Terms
+from calm_study.models.calm.anchors import AnchorBank, count_labels, list_label_sources, pick_labels
 from calm_study.models.calm.vae import AnchorVAE
 
 
@@ -51,23 +53,58 @@ class CALMHead(nn.Module):
 
     def terms(self, out: dict) -> Terms:
         """The alignment terms of loss.align, unweighted."""
-        return ALIGN_LOSSES[self.loss.align](out, self.loss)
+        return ALIGN_VARIANTS[self.loss.align].terms(out, self.loss)
 
     def term_weights(self) -> dict[str, float]:
-        return align_weights(self.loss)
+        return ALIGN_VARIANTS[self.loss.align].weights(self.loss)
 
 
 def build_calm_head(cfg: TrialConfig, tokenize: Callable[[list[str]], torch.Tensor],
                     encode_text: Callable[[torch.Tensor], torch.Tensor], embed_dim: int) -> CALMHead | None:
-    """The CALM head a trial config describes, or None for the baseline (no anchors, loss.align none)."""
+    """The CALM head a trial config describes, or None for the baseline (loss.align none)."""
     a = cfg.anchors
-    if a.count == 0 or cfg.loss.align == "none":
+    if not calm_enabled(cfg):
         return None
     labels = pick_labels(a.source, a.count, a.subset_seed)
     tokens = tokenize([a.template.format(label=label) for label in labels])  # (K, L)
     anchors = AnchorBank(tokens, embed_dim, a.encode, a.embed_init_std, encode_text)
     vae = None
-    if cfg.loss.align == "vae":
+    if ALIGN_VARIANTS[cfg.loss.align].vae:
         v = cfg.vae
         vae = AnchorVAE(a.count, v.latent_dim, v.encoder_hidden, v.decoder_hidden, v.dropout)
     return CALMHead(anchors, vae, a.tau, cfg.loss)
+
+
+# The knobs every CALM variant reads (a variant's own are in its registry entry, models/calm/align.py); with CALM off
+# (loss.align none) a non-default value of any of them is refused.
+CALM_KNOBS = tuple(f"anchors.{f.name}" for f in fields(AnchorConfig))
+
+
+def calm_knobs(cfg: TrialConfig) -> tuple[str, ...]:
+    """The CALM knobs this config reads: none for the baseline, the anchors' and its variant's otherwise."""
+    return (*CALM_KNOBS, *ALIGN_VARIANTS[cfg.loss.align].knobs) if calm_enabled(cfg) else ()
+
+
+def check_calm(cfg: TrialConfig) -> list[str]:
+    """Problems of the CALM knobs' values (only asked when CALM is on)."""
+    a, loss, v = cfg.anchors, cfg.loss, cfg.vae
+    errs = [] if "{label}" in a.template else [f"anchors.template: {a.template!r} must contain {{label}}"]
+    if a.count < 1:
+        errs.append(f"anchors.count: {a.count}: CALM (loss.align {loss.align}) needs at least one anchor; the baseline "
+                    "without CALM is loss.align: none")
+    else:
+        try:
+            n = count_labels(a.source)
+            if a.count > n:
+                errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
+        except ValueError as e:
+            errs.append(f"anchors.source: {e}; valid: {', '.join(list_label_sources())} or a label file path")
+    errs += positive("anchors.tau", a.tau) + at_least("loss.align_weight", loss.align_weight, 0)
+    variant = ALIGN_VARIANTS.get(loss.align)  # None: an unknown name, reported by validation beside these
+    if variant is not None and variant.vae:
+        errs += at_least("loss.alpha", loss.alpha, 0) + at_least("vae.latent_dim", v.latent_dim, 1)
+        errs += fraction("vae.dropout", v.dropout)
+        for name in ("encoder_hidden", "decoder_hidden"):
+            if any(w < 1 for w in getattr(v, name)):
+                errs.append(f"vae.{name}: {list(getattr(v, name))}: every width must be >= 1")
+    return errs

@@ -21,8 +21,8 @@ from calm_study.data.dataset import EvalVideos, TrainPairs, collate
 from calm_study.data.records import VideoRecord
 from calm_study.external import require_java
 from calm_study.models.captioner import IGNORE, CaptionModel
-from calm_study.names import CAPTIONING_METRICS, SAMPLES
-from calm_study.tasks.base import Terms
+from calm_study.names import CAPTIONING_METRICS, FRAME_FEATURES, SAMPLES
+from calm_study.tasks.base import Terms, caption_pair_inputs, video_inputs
 from calm_study.tasks.captioning.metrics import caption_metrics
 
 
@@ -55,6 +55,9 @@ class CaptioningTask:
     def eval_items(self, records: Sequence[VideoRecord], **video) -> Dataset:
         return EvalVideos(records, **video)  # every video once, with all its reference captions
 
+    def inputs(self, model: CaptionModel, batch: dict, device: torch.device) -> dict:
+        return caption_pair_inputs(model, batch, device)  # the tokens are the decoder's input and its targets
+
     def loss_terms(self, model: CaptionModel, out: dict) -> Terms:
         return {"task": caption_loss(out["logits"], out["labels"], self.cfg.caption.label_smoothing)}
 
@@ -68,7 +71,8 @@ class CaptioningTask:
         model.eval()
         hypotheses: dict[str, str] = {}
         for batch in loader:
-            ids = model.generate(batch["frames"].to(device), batch["mask"].to(device))
+            v = video_inputs(batch, device)  # pixels, or cached frame features (frozen-feature mode)
+            ids = model.generate(v.get("frames"), v["mask"], v.get(FRAME_FEATURES))
             for i, tokens in zip(batch["video_index"].tolist(), ids):
                 hypotheses[str(i)] = model.detokenize(tokens)
         model.train(was_training)

@@ -1,6 +1,20 @@
 """Text-video retrieval: the task, its leak-free pairwise scoring and its metrics."""
 
+from calm_study.checks import at_least, one_of
+from calm_study.config import TrialConfig
+from calm_study.tasks.registry import TaskEntry
 from calm_study.tasks.retrieval.metrics import retrieval_metrics
+from calm_study.tasks.retrieval.scoring import PROTOCOLS
 from calm_study.tasks.retrieval.task import RetrievalTask
 
-__all__ = ["RetrievalTask", "retrieval_metrics"]
+
+def _check(cfg: TrialConfig) -> list[str]:
+    ev = cfg.evaluation
+    return one_of("evaluation.protocol", ev.protocol, PROTOCOLS) + at_least("evaluation.text_chunk", ev.text_chunk, 1)
+
+
+TASK = TaskEntry(name="retrieval", build=RetrievalTask, check=_check,
+                 summary="text-video retrieval: symmetric InfoNCE; R@1/5/10, MdR, MnR both ways",
+                 knobs=("evaluation.protocol", "evaluation.text_chunk", "evaluation.dsl"))
+
+__all__ = ["TASK", "RetrievalTask", "retrieval_metrics"]

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 
 from calm_study.data.dataset import EvalVideos, collate
 from calm_study.models.families import Bank, VideoTextModel
+from calm_study.names import FRAME_FEATURES
+from calm_study.tasks.base import video_inputs
 
 PROTOCOLS = ("leakfree", "tmass_compat")  # evaluation.protocol
 
@@ -36,8 +38,10 @@ def bank_len(bank: Bank) -> int:
 @torch.no_grad()
 def banks(model: VideoTextModel, eval_set: EvalVideos, device: torch.device, batch_size: int) -> tuple[Bank, Bank]:
     """(text bank, video bank) of every text and every video of the set, on the evaluation device."""
-    videos = [model.video_bank(batch["frames"].to(device), batch["mask"].to(device))
-              for batch in DataLoader(eval_set, batch_size=batch_size, shuffle=False, collate_fn=collate)]
+    videos = []
+    for batch in DataLoader(eval_set, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        v = video_inputs(batch, device)  # pixels, or cached frame features (frozen-feature mode)
+        videos.append(model.video_bank(v.get("frames"), v["mask"], v.get(FRAME_FEATURES)))
     cached = eval_set.text_features  # (N_text, D) in frozen-feature mode, else None
     texts = [model.text_bank(model.tokenize(eval_set.texts[i:i + batch_size]).to(device),
                              None if cached is None else cached[i:i + batch_size])

@@ -10,10 +10,10 @@ from torch.utils.data import Dataset
 from calm_study.config import TrialConfig
 from calm_study.data.dataset import EvalVideos, TrainPairs
 from calm_study.data.records import VideoRecord
-from calm_study.models.clip_family import symmetric_cross_entropy
 from calm_study.models.families import VideoTextModel
+from calm_study.models.losses import symmetric_cross_entropy
 from calm_study.names import RETRIEVAL_METRICS
-from calm_study.tasks.base import Terms
+from calm_study.tasks.base import Terms, caption_pair_inputs
 from calm_study.tasks.retrieval.metrics import retrieval_metrics
 from calm_study.tasks.retrieval.scoring import similarity
 
@@ -30,6 +30,9 @@ class RetrievalTask:
 
     def eval_items(self, records: Sequence[VideoRecord], **video) -> Dataset:
         return EvalVideos(records, **video)  # every video once; every caption is a query
+
+    def inputs(self, model: VideoTextModel, batch: dict, device: torch.device) -> dict:
+        return caption_pair_inputs(model, batch, device)  # video, tokens (and cached text features, frozen)
 
     def loss_terms(self, model: VideoTextModel, out: dict) -> Terms:
         return {"task": symmetric_cross_entropy(model.batch_logits(out))}

@@ -1,0 +1,44 @@
+"""What a registry entry of a model family carries: everything calm_study needs to know about the family.
+
+A family module defines its entry beside its code (`FAMILY = Family(...)` at the end of models/tmass.py, ...) and
+models/families.py lists the entries; a new family is a new module plus one line there (or `register_family` from
+outside the package, as the contract test does). Nothing else (validation, bench, report) names a family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from calm_study.config import TrialConfig
+
+Bank = torch.Tensor | dict[str, torch.Tensor]
+# (n_text, n_video, num_frames, width, cfg, generator) -> (text bank, video bank) with the family's keys and shapes
+RandomBanks = Callable[[int, int, int, int, TrialConfig, torch.Generator], tuple[Bank, Bank]]
+
+
+def no_problems(cfg: TrialConfig) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # the value of model.family
+    build: Callable[[TrialConfig], torch.nn.Module]  # the model of a trial config (its CALM head included)
+    task: str  # the task it serves (tasks/): retrieval | captioning
+    summary: str  # one line for listings and docs
+    # model.* keys only some families read (model.family, clip, pretrained, frozen are everyone's); a non-default
+    # value of a key the trial's family does not list is refused, naming the families that read it.
+    knobs: tuple[str, ...] = ()
+    # the knobs this config actually reads (default: all of `knobs`), e.g. the transformer fusion's layers only
+    # when model.temporal is transformer
+    reads: Callable[[TrialConfig], tuple[str, ...]] | None = None
+    check: Callable[[TrialConfig], list[str]] = no_problems  # problems of its own knobs' values
+    text_conditioned: bool = False  # its video feature depends on the query text (the T-MASS leak can occur)
+    loss_terms: tuple[str, ...] = ()  # extra terms it logs itself, besides the task's and CALM's
+    random_banks: RandomBanks | None = None  # retrieval: banks of random features with its shapes (bench)
+
+    def knobs_read(self, cfg: TrialConfig) -> tuple[str, ...]:
+        return self.reads(cfg) if self.reads is not None else self.knobs
