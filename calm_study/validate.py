@@ -12,7 +12,7 @@ from typing import Any
 
 from calm_study.checks import at_least, positive
 from calm_study.config import DataConfig, TrialConfig, calm_enabled
-from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, to_dict
+from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, set_path, to_dict
 from calm_study.names import PRECISIONS
 
 
@@ -67,7 +67,7 @@ def unread_knobs(cfg: TrialConfig) -> list[str]:
     """A problem for every knob set to a non-default value that the trial's family, task and CALM variant do not
     read: it would train the same model as without it, under a new arm id (a sweep over it would report seed noise
     as an effect). Each message names who does read the knob."""
-    from calm_study.models.calm import CALM_KNOBS, calm_knobs
+    from calm_study.models.calm import CALM_KNOBS, calm_knobs, calm_part_knobs
     from calm_study.models.calm.align import ALIGN_VARIANTS
     from calm_study.models.families import FAMILIES
     from calm_study.tasks import TASKS
@@ -85,7 +85,10 @@ def unread_knobs(cfg: TrialConfig) -> list[str]:
         for k in v.knobs:
             owners.setdefault(k, []).append(f"loss.align {v.name}")
     family = FAMILIES[cfg.model.family]
-    read = {*family.knobs_read(cfg), *TASKS[cfg.task].knobs, *calm_knobs(cfg)}
+    # With CALM off the whole CALM part is absent: its knobs are not read and canonical_trial drops them, so they make
+    # no arm of their own (a search crossing them with the baseline row gives identical trials, refused by name).
+    calm = calm_knobs(cfg) if calm_enabled(cfg) else calm_part_knobs()
+    read = {*family.knobs_read(cfg), *TASKS[cfg.task].knobs, *calm}
     value, default = flatten(to_dict(cfg)), flatten(to_dict(TrialConfig()))
     this = (f"family {family.name}, task {cfg.task}, "
             + (f"loss.align {cfg.loss.align}" if calm_enabled(cfg) else "no CALM (loss.align none)"))
@@ -93,8 +96,6 @@ def unread_knobs(cfg: TrialConfig) -> list[str]:
     for knob, who in owners.items():
         if knob in read or value.get(knob) == default.get(knob):
             continue
-        if knob == "anchors.count" and value[knob] == 0 and not calm_enabled(cfg):
-            continue  # the baseline's older spelling (anchors.count 0 with loss.align none): kept so old studies load
         errs.append(f"{knob}: {value[knob]!r} is read only by {', '.join(who)}; this trial ({this}) does not read "
                     f"it, so it would train the same model under another arm id: remove it, or set it only where a "
                     f"component that reads it is chosen")
@@ -130,11 +131,21 @@ def _check_shared(cfg: TrialConfig) -> list[str]:
 
 
 def canonical_trial(cfg: TrialConfig) -> TrialConfig:
-    """A valid config in its one spelling: the baseline (loss.align none) carries anchors.count 0, as studies begun
-    before CALM became one switch wrote it, so both spellings give one arm id."""
-    if calm_enabled(cfg) or cfg.anchors.count == 0:
+    """A valid config in its one spelling. The baseline (loss.align none) has no CALM part: every CALM knob (anchors.*,
+    each variant's loss.* and vae.*) takes its default and anchors.count is 0, as studies begun before CALM became one
+    switch wrote it. So a study whose base configures CALM can list the baseline as {loss.align: none}, and the
+    baseline is one arm however its study spelled it."""
+    from calm_study.models.calm import calm_part_knobs
+
+    if calm_enabled(cfg):
         return cfg
-    return replace(cfg, anchors=replace(cfg.anchors, count=0))
+    doc, default = to_dict(cfg), flatten(to_dict(TrialConfig()))
+    for knob in calm_part_knobs():
+        doc = set_path(doc, knob, default[knob])
+    errors: list[str] = []
+    out = from_dict(TrialConfig, set_path(doc, "anchors.count", 0), "", errors)
+    assert not errors, errors  # defaults of valid fields
+    return out
 
 
 def _check_backbone(arch: str, pretrained: str | None) -> list[str]:

@@ -47,18 +47,27 @@ def test_calm_is_one_switch_and_the_old_baseline_spelling_is_the_same_arm():
     new, old = trial_from_dict({"loss": {"align": "none"}}), trial_from_dict({"anchors": {"count": 0},
                                                                              "loss": {"align": "none"}})
     assert new == old and new.anchors.count == 0 and arm_id(new) == arm_id(old)
-    errs = problems(trial_from_dict, {"loss": {"align": "none"}, "anchors": {"count": 50}})
-    assert any(e.startswith("anchors.count: 50 is read only by CALM") for e in errs), errs
+    # The baseline has no CALM part: a study's base may configure CALM and list the baseline as {loss.align: none}.
+    configured = trial_from_dict({"loss": {"align": "none", "alpha": 0.5}, "anchors": {"count": 50, "tau": 20.0},
+                                  "vae": {"latent_dim": 64}})
+    assert configured == new
+
+
+def test_a_grid_over_a_calm_knob_crossed_with_the_baseline_is_refused_naming_the_rows(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text(STUDY.replace("optim.lr_new: [1e-5, 2e-5]", "loss.alpha: [0.05, 0.1]"))
+    errs = problems(load_study, f)
+    assert len(errs) == 1 and "give one identical trial" in errs[0] and "'loss.alpha': 0.05" in errs[0], errs
 
 
 @pytest.mark.parametrize("knob, value, owner", [
     ("model.trials", 5, "family tmass"), ("model.support_weight", 0.8, "family tmass"),
     ("model.pool_heads", 2, "family xpool, family tmass"), ("model.temporal", "transformer", "family clip4clip"),
     ("caption.beam_size", 3, "task captioning"), ("vae.latent_dim", 64, "loss.align vae"),
-    ("anchors.tau", 20.0, "CALM")])
+    ("loss.alpha", 0.5, "loss.align vae")])
 def test_a_knob_the_trial_does_not_read_is_refused_naming_who_reads_it(knob, value, owner):
     family = "xpool" if knob.startswith("model.temporal") else "clip4clip"
-    align = "none" if knob.startswith("anchors") else "kl"
+    align = "kl"
     doc = set_path({"model": {"family": family}, "loss": {"align": align}}, knob, value)
     errs = problems(trial_from_dict, doc)
     assert len(errs) == 1 and errs[0].startswith(f"{knob}: {value!r} is read only by {owner}"), errs

@@ -249,6 +249,13 @@ def test_a_study_run_by_the_previous_version_resumes_with_moved_data_caches_and_
     path, _ = write_study_results(study, trials)
     df = pd.read_parquet(path)
     assert set(df.trial_key) == recorded and len(df) == 2 and "loss_support" in df.columns
+    # The shipped studies now spell the baseline row {loss.align: none}: the same trial, found by its values.
+    respelled = tmp_path / "respelled.yaml"
+    respelled.write_text((LEGACY_V2 / "study.yaml").read_text().replace("{anchors.count: 0, loss.align: none}",
+                                                                        "{loss.align: none}"))
+    again = load_study(respelled, sets=sets)
+    assert [t.key for t in study_trials(again)] == [t.key for t in trials]
+    check_same_study(again, study_trials(again))
     changed = load_study(LEGACY_V2 / "study.yaml", sets=[*sets, "optim.lr_new=2e-5"])
     with pytest.raises(StudyStateError, match="optim.lr_new"):
         check_same_study(changed, study_trials(changed))

@@ -13,6 +13,7 @@ from calm_study.study.results import (
     build_results,
     conform,
     load,
+    loss_terms,
     read_metric_log,
     results_path,
     studies,
@@ -116,6 +117,19 @@ def test_results_folder_reads_as_one_dataset_partitioned_by_study(tmp_path):
     assert len(load(results_dir=root)) == len(everything)
     with pytest.raises(FileNotFoundError, match="no results for study 'nope'.*anchors, losses"):
         load("nope", root)
+
+
+def test_a_study_with_the_support_term_keeps_it_when_read_with_others(tmp_path):
+    """T-MASS's support term is declared by its family's registry entry, so every file carries loss_support: read
+    together with a study that never logs it (and sorts first), the column and its values survive."""
+    assert "support" in loss_terms()
+    plain = study_results(tmp_path, "a_plain", "[{loss.align: none}]", {})
+    support = study_results(tmp_path, "z_tmass", "[{model.family: tmass, model.support_weight: 0.8}]",
+                            {"loss_support": 0.3})
+    everything = pd.read_parquet(tmp_path / "results")
+    assert list(plain.columns) == list(support.columns) and "loss_support" in everything.columns
+    assert set(everything[everything.study == "z_tmass"].loss_support) == {0.3}
+    assert everything[everything.study == "a_plain"].loss_support.isna().all()
 
 
 def test_load_brings_an_older_file_to_the_current_schema(tmp_path):

@@ -345,10 +345,18 @@ def expand(study: Study, source: str = "<study>") -> list[Trial]:
     if problems:
         raise ConfigError(source, [e if len(where) == n_rows else f"{e} (with search values {_rows(where)})"
                                    for e, where in problems.items()])
-    keys = [t.key for t in trials]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise ConfigError(source, [f"search: some rows give identical trials ({', '.join(dupes)})"])
+    rows_of: dict[str, list[dict]] = {}
+    for t in trials:
+        if t.seed == study.seeds[0]:
+            rows_of.setdefault(t.key, []).append(t.swept)
+    same = [rows for rows in rows_of.values() if len(rows) > 1]
+    if same:
+        # Typically a grid over a CALM knob crossed with the baseline row: loss.align none has no CALM part, so
+        # every value of the knob gives the same baseline.
+        raise ConfigError(source, [
+            f"search: rows {_rows(rows)} give one identical trial (values a trial does not read, such as CALM's "
+            "knobs with loss.align none, make no arm of their own); list each distinct arm once, e.g. the baseline "
+            "in a combination row of its own and the swept knob only in rows that read it" for rows in same])
     return trials
 
 

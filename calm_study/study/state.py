@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from calm_study.config import ROLE, RUNTIME, fields_with_role, under
-from calm_study.configio import config_differences, flatten, to_dict
+from calm_study.configio import ConfigError, config_differences, flatten, set_path, to_dict
 from calm_study.names import (
     EVAL_PREFIX,
     MANIFEST,
@@ -29,6 +29,7 @@ from calm_study.names import (
     key_of_run,
     run_name,
 )
+from calm_study.study.identity import arm_id
 from calm_study.study.results import (
     build_results,
     parse_metric_log,
@@ -120,7 +121,27 @@ def adopt_recorded_keys(study: Study, trials: list[Trial]) -> list[Trial]:
     for key, swept in old["trials"].items():
         arm, _, seed = key.rpartition("-s")
         recorded[(json.dumps(swept, sort_keys=True), int(seed))] = arm
-    return [replace(t, arm_id=recorded.get((json.dumps(t.swept, sort_keys=True), t.seed), t.arm_id)) for t in trials]
+        # Also by what the recorded values give today, so that a search row respelled since (the baseline's
+        # {anchors.count: 0, loss.align: none} is now {loss.align: none}) still finds its trial.
+        today = _arm_today(study, swept)
+        if today is not None:
+            recorded.setdefault((today, int(seed)), arm)
+
+    def recorded_arm(t: Trial) -> str:
+        return recorded.get((json.dumps(t.swept, sort_keys=True), t.seed)) or recorded.get((t.arm_id, t.seed), t.arm_id)
+
+    return [replace(t, arm_id=recorded_arm(t)) for t in trials]
+
+
+def _arm_today(study: Study, swept: dict) -> str | None:
+    """Today's arm id of the study's base with a recorded trial's swept values, or None if they no longer load."""
+    doc = to_dict(study.base)
+    for k, v in swept.items():
+        doc = set_path(doc, k, v)
+    try:
+        return arm_id(trial_from_dict(doc, check=False))
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return None
 
 
 def check_same_study(study: Study, trials: list[Trial]) -> None:

@@ -85,6 +85,11 @@ def calm_knobs(cfg: TrialConfig) -> tuple[str, ...]:
     return (*CALM_KNOBS, *ALIGN_VARIANTS[cfg.loss.align].knobs) if calm_enabled(cfg) else ()
 
 
+def calm_part_knobs() -> tuple[str, ...]:
+    """Every knob of the CALM part: the anchors' and every registered variant's (what the baseline has none of)."""
+    return tuple(dict.fromkeys([*CALM_KNOBS, *(k for v in ALIGN_VARIANTS.values() for k in v.knobs)]))
+
+
 def check_calm(cfg: TrialConfig) -> list[str]:
     """Problems of the CALM knobs' values (only asked when CALM is on)."""
     a, loss, v = cfg.anchors, cfg.loss, cfg.vae
