@@ -6,7 +6,6 @@ choices is spelled once, where the thing it names is built.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -175,50 +174,27 @@ def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
 
 def _check_data(d: DataConfig) -> list[str]:
     from calm_study.data.dataset import FAILURE_POLICIES
-    from calm_study.data.readers import SPLITS, list_datasets
-    from calm_study.data.synthetic import DOMAINS
-    from calm_study.data.synthetic import SPLITS as SYNTHETIC_SPLITS
+    from calm_study.data.readers import READERS
     from calm_study.data.video import DECODERS
 
     errs = _choice("data.decoder", d.decoder, DECODERS) + _choice("data.on_error", d.on_error, FAILURE_POLICIES)
-    splits = {"synthetic": SYNTHETIC_SPLITS, **SPLITS}
     for i, ref in enumerate((d.train, *d.eval)):
         where = "data.train" if i == 0 else f"data.eval[{i - 1}]"
-        bad = _choice(f"{where}.dataset", ref.dataset, ["synthetic", *list_datasets()])
+        bad = _choice(f"{where}.dataset", ref.dataset, list(READERS))  # registry order: synthetic, didemo, ...
         errs += bad
         if bad:
             continue
-        errs += _choice(f"{where}.split", ref.split, list(splits[ref.dataset]))
-        if ref.dataset == "synthetic":
-            errs += _choice(f"{where}.domain", ref.domain, DOMAINS)
+        entry = READERS[ref.dataset]
+        errs += _choice(f"{where}.split", ref.split, entry.splits)
+        if entry.domains:  # a dataset without domains ignores DatasetRef.domain
+            errs += _choice(f"{where}.domain", ref.domain, entry.domains)
         # Where a dataset lives is not part of a valid config: `run` checks it before Ray starts (data/sources.py
         # preflight, the same message as `data check`), so a study validates on any machine.
     for key in list(d.roots) + list(d.video_dirs):
-        if key not in splits:
-            errs.append(f"data.roots/video_dirs: {key!r} is not a dataset{did_you_mean(key, splits)}; "
-                        f"valid: {', '.join(splits)}")
+        if key not in READERS:
+            errs.append(f"data.roots/video_dirs: {key!r} is not a dataset{did_you_mean(key, READERS)}; "
+                        f"valid: {', '.join(READERS)}")
     return errs
-
-
-def absolute_paths(cfg: TrialConfig) -> TrialConfig:
-    """The config with its data paths made absolute against this process's working directory, and every dataset it
-    reads given its root (from $CALM_STUDY_DATA where data.roots does not say), for workers that run elsewhere (Ray
-    workers share neither the driver's working directory nor its environment)."""
-
-    from calm_study.data.sources import dataset_root
-
-    def absolute(p: str) -> str:
-        return str(Path(p).expanduser().resolve()) if p else p
-
-    d = cfg.data
-    roots = dict(d.roots)
-    for ref in (d.train, *d.eval):
-        if ref.dataset != "synthetic" and not roots.get(ref.dataset) and dataset_root(d, ref.dataset):
-            roots[ref.dataset] = dataset_root(d, ref.dataset)
-    data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
-                   feature_cache=absolute(d.feature_cache),
-                   roots={k: absolute(v) for k, v in roots.items()})
-    return replace(cfg, data=data)
 
 
 def trial_from_dict(data: dict, source: str = "<config>", check: bool = True) -> TrialConfig:

@@ -65,8 +65,9 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(tiny_doc, tmp_pa
     """The loss and every gradient of 2 gloo workers = those of 1 worker on the concatenated batch: for clip4clip
     (transformer fusion) and for tmass (pairwise pooling, stochastic text, support term), both with CALM."""
     tiny_doc["vae"] = {"dropout": 0.0}  # dropout masks would differ between the two layouts
-    tiny_doc["model"].update(family=family, temporal="transformer", temporal_heads=4, temporal_dropout=0.0,
-                             pool_dropout=0.0, support_weight=0.8)
+    own = ({"temporal": "transformer", "temporal_heads": 4, "temporal_dropout": 0.0} if family == "clip4clip" else
+           {"pool_dropout": 0.0, "support_weight": 0.8})  # each family's own knobs (others are refused)
+    tiny_doc["model"].update(family=family, **own)
     torch.manual_seed(0)
     cfg = trial_from_dict(tiny_doc)
     model = build_model(cfg)
@@ -80,4 +81,6 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(tiny_doc, tmp_pa
     assert set(ranks[0]["grads"]) == set(grads)
     for name, g in grads.items():
         for r in ranks:  # DDP leaves the same averaged gradient on every worker
-            assert torch.allclose(r["grads"][name], g, rtol=1e-3, atol=1e-6), name
+            # atol 1e-5: fp32 sums accumulated in another order (a token embedding row summed over two workers' text
+            # passes, gradients up to ~5) differ by a few 1e-6 where the gradient itself is near zero
+            assert torch.allclose(r["grads"][name], g, rtol=1e-3, atol=1e-5), name

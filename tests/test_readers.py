@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shlex
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -308,9 +309,15 @@ def test_restricted_loader_reads_plain_data(tmp_path: Path, protocol: int):
 
 
 def test_registry_lists_datasets_and_splits():
-    assert list_datasets() == ["didemo", "lsmdc", "msrvtt", "msvd"] == sorted(READERS)
+    assert list_datasets() == ["didemo", "lsmdc", "msrvtt", "msvd"]  # read from a root folder (`data check NAME`)
+    assert list(READERS) == ["synthetic", "didemo", "lsmdc", "msrvtt", "msvd"]  # display order of config errors
+    assert all(entry.name == name and entry.splits == SPLITS[name] for name, entry in READERS.items())
     assert SPLITS["msrvtt"] == ("train", "train7k", "test", "caption_train", "caption_val", "caption_test")
     assert SPLITS["didemo"] == SPLITS["lsmdc"] == SPLITS["msvd"] == ("train", "val", "test")
+    assert SPLITS["synthetic"] == ("train", "test")
+    synthetic = READERS["synthetic"]
+    assert synthetic.domains == ("plain", "textured") and synthetic.generated
+    assert not any(READERS[name].domains or READERS[name].generated for name in list_datasets())
 
 
 def test_restricted_loader_refuses_globals_even_harmless_ones(tmp_path: Path):
@@ -327,6 +334,44 @@ def test_registry_errors(tmp_path: Path):
         read_dataset("msrvtt", tmp_path, "tset")
     with pytest.raises(FileNotFoundError, match="root not found"):
         read_dataset("msvd", tmp_path / "absent", "train")
+    with pytest.raises(ValueError, match=r"unknown dataset 'synthtic' \(did you mean 'synthetic'\?\)"):
+        read_dataset("synthtic", tmp_path, "train")
+    with pytest.raises(ValueError, match=r"unknown domain 'texture' for dataset 'synthetic' \(did you mean "
+                                         r"'textured'\?\)\. Valid domains: plain, textured\."):
+        read_dataset("synthetic", tmp_path, "train", domain="texture")
+    with pytest.raises(ValueError, match=r"unknown split 'val' for dataset 'synthetic'.*Valid splits: train, test"):
+        read_dataset("synthetic", tmp_path, "val", domain="plain")
+
+
+def test_a_registry_entry_is_all_a_generated_dataset_with_domains_needs(tmp_path: Path, monkeypatch):
+    """Splits, domains and generation are data of the entry: sources, validation and results ask it, not its name."""
+    from calm_study.config import DataConfig, DatasetRef, TrialConfig
+    from calm_study.data.readers import Reader
+    from calm_study.data.sources import check_all_videos, load_records
+    from calm_study.study.results import _same_domain
+    from calm_study.validate import _check_data
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    calls = []
+
+    def read(root, split, videos_dir=None, *, domain):
+        calls.append((root, split, domain))
+        return [VideoRecord(f"{domain}-{split}", root / "missing.mp4", ("a caption",))]
+
+    toy = Reader("toy", read, ("a", "b"), domains=("x", "y"), generate=lambda cfg: folder)
+    monkeypatch.setitem(READERS, "toy", toy)
+    data = DataConfig(train=DatasetRef(dataset="toy", domain="y", split="a"),
+                      eval=(DatasetRef(dataset="toy", domain="x", split="b"),), cache_dir=str(tmp_path))
+    assert _check_data(data) == []
+    assert load_records(data.eval[0], data) == [VideoRecord("x-b", folder / "missing.mp4", ("a caption",))]
+    assert calls == [(folder, "b", "x")]  # no root needed: the folder came from `generate`
+    check_all_videos([TrialConfig(data=data)], "toy")  # generated: its (missing) videos are not re-opened
+    bad = replace(data, train=DatasetRef(dataset="toy", domain="z", split="c"))
+    assert _check_data(bad) == ["data.train.split: 'c' is not valid; valid: a, b",
+                                "data.train.domain: 'z' is not valid; valid: x, y"]
+    assert not _same_domain(data.train, data.eval[0]) and _same_domain(data.eval[0], replace(data.eval[0], split="a"))
+    assert _same_domain(DatasetRef(dataset="msvd", domain="x"), DatasetRef(dataset="msvd", domain="y"))  # no domains
 
 
 # ------------------------------------------------------------------------------------------ real shared files

@@ -194,6 +194,28 @@ def test_concurrent_generators_agree(small_dataset: Path, tmp_path: Path) -> Non
         assert (raced / video["file"]).read_bytes() == (small_dataset / video["file"]).read_bytes(), video["file"]
 
 
+def test_read_through_the_registry_like_the_real_datasets(small_dataset: Path) -> None:
+    """`synthetic` is a registry entry like msrvtt: listed, read by read_dataset and sources.load_records; only its
+    root comes from `generate` (data.cache_dir + data.synthetic) instead of data.roots."""
+    from calm_study.config import DataConfig, DatasetRef, SyntheticConfig
+    from calm_study.data.readers import READERS, SPLITS, read_dataset
+    from calm_study.data.sources import load_records
+
+    entry = READERS["synthetic"]
+    assert entry.splits == SPLITS["synthetic"] == ("train", "test") and entry.domains == DOMAINS
+    data = DataConfig(cache_dir=str(small_dataset.parent), synthetic=SyntheticConfig(**SMALL),
+                      roots={"synthetic": "/nowhere"})  # a root is not what a generated dataset reads
+    assert entry.generate(data) == small_dataset  # the cached folder, not a new one
+    for domain in DOMAINS:
+        for split in entry.splits:
+            expected = load_synthetic_split(small_dataset, domain, split)
+            assert expected
+            assert read_dataset("synthetic", small_dataset, split, domain=domain) == expected
+            ref = DatasetRef(dataset="synthetic", domain=domain, split=split)
+            assert load_records(ref, data) == expected
+            assert ref.label == f"synthetic-{domain}-{split}"
+
+
 def test_load_split_rejects_unknown_names(small_dataset: Path) -> None:
     with pytest.raises(ValueError, match="plain, textured"):
         load_synthetic_split(small_dataset, "cartoon", "train")

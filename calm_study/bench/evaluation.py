@@ -120,7 +120,7 @@ def run_evaluation(cfg: TrialConfig, n_text: int, n_video: int, device: torch.de
     t = cfg.data.num_frames
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg).to(device).eval()
-    width = model.backbone.embed_dim  # D of every CLIP-based retrieval family
+    width = model.encoders().embed_dim  # D of every CLIP-based retrieval family
     chunk = cfg.evaluation.text_chunk
     stochastic = "model.trials" in family_of(cfg).knobs_read(cfg)
     draws = f", {cfg.model.trials} stochastic texts per pair" if stochastic else ""

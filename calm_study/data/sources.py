@@ -12,9 +12,8 @@ from calm_study.config import DataConfig, DatasetRef, TrialConfig
 from calm_study.configio import ConfigError
 from calm_study.data.dataset import apply_failure_policy, check_videos
 from calm_study.data.frame_cache import FrameCache
-from calm_study.data.readers import read_dataset
+from calm_study.data.readers import READERS, read_dataset
 from calm_study.data.records import VideoRecord
-from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
 from calm_study.names import DATA_ENV
 from calm_study.progress import say
 
@@ -29,18 +28,13 @@ def dataset_root(cfg: DataConfig, dataset: str) -> str | None:
     return str(Path(base) / dataset) if base else None
 
 
-def synthetic_dir(cfg: DataConfig) -> Path:
-    """Generate the synthetic dataset on first use (deterministic, atomic) and return its folder."""
-    s = cfg.synthetic
-    return ensure_synthetic_dataset(Path(cfg.cache_dir).expanduser(), num_train_videos=s.num_train_videos,
-                                    num_test_videos=s.num_test_videos, captions_per_video=s.captions_per_video,
-                                    frames_per_video=s.frames_per_video, seed=s.seed)
-
-
 def load_records(ref: DatasetRef, cfg: DataConfig) -> list[VideoRecord]:
-    """The videos (with captions) of one dataset split, as its annotation files list them."""
-    if ref.dataset == "synthetic":
-        records = load_synthetic_split(synthetic_dir(cfg), ref.domain, ref.split)
+    """The videos (with captions) of one dataset split, as its annotation files list them. A generated dataset
+    (its registry entry has ``generate``) is made on first use under data.cache_dir and read from there; any other
+    is read from its root (data.roots.<dataset>, else $CALM_STUDY_DATA/<dataset>)."""
+    entry = READERS.get(ref.dataset)  # an unknown name reaches read_dataset, which lists the valid ones
+    if entry is not None and entry.generate is not None:
+        root = entry.generate(cfg)
     else:
         root = dataset_root(cfg, ref.dataset)
         if not root:
@@ -50,7 +44,8 @@ def load_records(ref: DatasetRef, cfg: DataConfig) -> list[VideoRecord]:
             raise FileNotFoundError(f"{where}: the folder {root!r} does not exist (needed for {ref.label!r}); "
                                     f"set {DATA_ENV} to the folder holding one sub-folder per dataset, or "
                                     f"--set data.roots.{ref.dataset}=/data/{ref.dataset}")
-        records = read_dataset(ref.dataset, Path(root).expanduser(), ref.split, cfg.video_dirs.get(ref.dataset))
+    records = read_dataset(ref.dataset, Path(root).expanduser(), ref.split, cfg.video_dirs.get(ref.dataset),
+                           domain=ref.domain)
     if not records:
         raise ValueError(f"dataset {ref.label!r} ({ref.dataset}, split {ref.split}) has no videos")
     return records
@@ -85,7 +80,7 @@ def config_datasets(configs: list[TrialConfig]) -> list[DataSet]:
 
 
 def preflight(configs: list[TrialConfig], source: str) -> None:
-    """Before any trial starts: every split's annotations can be read (synthetic data is generated now, once).
+    """Before any trial starts: every split's annotations can be read (generated datasets are made now, once).
     Raises ConfigError listing every problem, so a bad root or split file costs seconds, not a cluster job."""
     problems = []
     for ref, data, _, _ in config_datasets(configs):
@@ -144,12 +139,13 @@ def _checked(records: list[VideoRecord], cfg: DataConfig, cache: FrameCache | No
 def check_all_videos(configs: list[TrialConfig], source: str) -> None:
     """Before any trial starts: open every video of every real dataset split once (remembered per file). Under
     data.on_error error, any unreadable video stops the study; under skip, more than data.max_skipped_fraction of a
-    split does; a training split with fewer (video, caption) pairs than one batch does too. Synthetic data is
-    generated and verified by calm_study itself, so it is not re-opened."""
+    split does; a training split with fewer (video, caption) pairs than one batch does too. A generated dataset
+    (synthetic) is written and verified by calm_study itself, so it is not re-opened."""
     problems = []
     pairs_of: dict[tuple, int] = {}  # (split, roots) -> (video, caption) pairs, for the batch check below
     for ref, data, num_frames, size in config_datasets(configs):
-        if ref.dataset == "synthetic":
+        entry = READERS.get(ref.dataset)
+        if entry is not None and entry.generated:
             continue
         records = load_records(ref, data)
         failures = _checked(records, data, frame_cache(data, num_frames, size))
@@ -202,3 +198,22 @@ def check_weights(configs: list[TrialConfig], source: str) -> None:
             problems.append(f"model.pretrained: {path!r} holds no weights (not a mapping of tensors)")
     if problems:
         raise ConfigError(source, problems)
+
+
+def absolute_paths(cfg: TrialConfig) -> TrialConfig:
+    """The config with its data paths made absolute against this process's working directory, and every dataset it
+    reads given its root (from $CALM_STUDY_DATA where data.roots does not say), for workers that run elsewhere (Ray
+    workers share neither the driver's working directory nor its environment). Generated datasets need no root."""
+
+    def absolute(p: str) -> str:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    d = cfg.data
+    roots = dict(d.roots)
+    for ref in (d.train, *d.eval):
+        if not READERS[ref.dataset].generated and not roots.get(ref.dataset) and dataset_root(d, ref.dataset):
+            roots[ref.dataset] = dataset_root(d, ref.dataset)
+    data = replace(d, cache_dir=absolute(d.cache_dir), frame_cache=absolute(d.frame_cache),
+                   feature_cache=absolute(d.feature_cache),
+                   roots={k: absolute(v) for k, v in roots.items()})
+    return replace(cfg, data=data)

@@ -24,12 +24,16 @@ import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from calm_study.data.records import VideoRecord
 from calm_study.progress import say
+
+if TYPE_CHECKING:
+    from calm_study.config import DataConfig
 
 # Bump whenever the rendered pixels, captions or file layout change: it is part of the cache fingerprint.
 GENERATOR_VERSION = 1
@@ -273,3 +277,22 @@ def load_synthetic_split(dataset_dir: str | Path, domain: str, split: str) -> li
         for video in load_synthetic_annotations(dataset_dir)["videos"]
         if video["domain"] == domain and video["split"] == split
     ]
+
+
+# ------------------------------------------------------------------------- the registry entry's two functions
+# (calm_study/data/readers/__init__.py registers "synthetic" as Reader(read=read, generate=generate, ...)).
+
+
+def generate(cfg: DataConfig) -> Path:
+    """The dataset folder for a data config: generated on first use under data.cache_dir from data.synthetic's
+    settings (deterministic, atomic), then reused."""
+    s = cfg.synthetic
+    return ensure_synthetic_dataset(Path(cfg.cache_dir).expanduser(), num_train_videos=s.num_train_videos,
+                                    num_test_videos=s.num_test_videos, captions_per_video=s.captions_per_video,
+                                    frames_per_video=s.frames_per_video, seed=s.seed)
+
+
+def read(root: str | Path, split: str, videos_dir: str | None = None, *, domain: str) -> list[VideoRecord]:
+    """The registry's reader: records of one domain and split of the folder ``generate`` returned. ``videos_dir`` is
+    ignored: the videos always sit next to annotations.json."""
+    return load_synthetic_split(root, domain, split)

@@ -15,9 +15,7 @@ from torch import nn
 
 from calm_study.config import TrialConfig
 from calm_study.models import captioner, clip4clip, tmass, xpool
-from calm_study.models.registry import Family
-
-Bank = torch.Tensor | dict[str, torch.Tensor]
+from calm_study.models.registry import Bank, Family
 
 
 class VideoTextModel(Protocol):
@@ -28,8 +26,13 @@ class VideoTextModel(Protocol):
         """(N,) strings -> (N, L) token ids."""
 
     def __call__(self, batch: dict) -> dict:
-        """A training batch {"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)} -> named outputs. Frozen-feature
-        mode: "frames" are cached CLIP frame features (B, T, D) and "text_features" (B, D) come with the tokens."""
+        """A training batch as its task's `inputs` made it: {"frames" (B, T, 3, S, S), "mask" (B, T), "tokens" (B, L)}
+        -> named outputs. Frozen-feature mode: names.FRAME_FEATURES (B, T, D) instead of "frames", and the cached
+        "text_features" (B, D) with the tokens."""
+
+    def encoders(self) -> object:
+        """The CLIP encoders (models/clip_family.CLIPEncoders), all that frozen-feature mode and the workers' sync see
+        of the backbone: tokenize, encode_text, encode_frames, embed_dim, the pixel format, the weights."""
 
     def extra_terms(self, out: dict) -> dict[str, torch.Tensor]:
         """Loss terms the family adds to the task's (unweighted; {} when none)."""
@@ -50,9 +53,10 @@ class VideoTextModel(Protocol):
         """What evaluation keeps per text: a tensor, or a dict of tensors, with one row per text. `features` (N, D):
         the texts' cached CLIP features (frozen-feature mode), used instead of running the text encoder."""
 
-    def video_bank(self, frames: torch.Tensor, mask: torch.Tensor | None) -> Bank:
-        """What evaluation keeps per video: a tensor, or a dict of tensors, with one row per video. `frames` are
-        pixels (N, T, 3, S, S), or cached CLIP frame features (N, T, D) in frozen-feature mode."""
+    def video_bank(self, frames: torch.Tensor | None, mask: torch.Tensor | None,
+                   features: torch.Tensor | None = None) -> Bank:
+        """What evaluation keeps per video: a tensor, or a dict of tensors, with one row per video, from pixels `frames`
+        (N, T, 3, S, S), or from cached CLIP frame `features` (N, T, D) in frozen-feature mode."""
 
     def score(self, text_bank: Bank, video_bank: Bank, pool_with: Bank | None = None) -> torch.Tensor:
         """(N_text, N_video) scores; pair (i, j) may use only text i and video j. `pool_with` (text-conditioned

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import TrialConfig
 from calm_study.configio import set_path, to_dict
-from calm_study.data.sources import check_all_videos, check_weights, preflight
+from calm_study.data.sources import absolute_paths, check_all_videos, check_weights, preflight
 from calm_study.external import require_java
 from calm_study.names import (
     EPOCH_RECORD_FILE,
@@ -58,7 +58,7 @@ from calm_study.study.state import (
 from calm_study.study.storage import Storage
 from calm_study.study.tracking import EpochTracker, publish_settings, require_mlflow, sync_study
 from calm_study.training.fit import fit
-from calm_study.validate import absolute_paths, trial_from_dict
+from calm_study.validate import trial_from_dict
 
 DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node (1.0 there, absent elsewhere)

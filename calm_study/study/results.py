@@ -169,8 +169,14 @@ def trial_rows(study: Study, trial: Trial, log: list[dict], status: str, arm_ind
 
 
 def _same_domain(train: DatasetRef, ref: DatasetRef) -> bool:
-    """Is an evaluation set in the training set's domain (same dataset, and same synthetic domain)?"""
-    return train.dataset == ref.dataset and (train.dataset != "synthetic" or train.domain == ref.domain)
+    """Is an evaluation set in the training set's domain (same dataset and, for a dataset with domains such as
+    synthetic's plain/textured, the same domain)?"""
+    if train.dataset != ref.dataset:
+        return False
+    from calm_study.data.readers import READERS  # here, not at the top: it imports torch (calm_study.data)
+
+    entry = READERS.get(train.dataset)
+    return not (entry is not None and entry.domains) or train.domain == ref.domain
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
