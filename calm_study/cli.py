@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="study preset (study files only)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--trial", type=int, default=None,
-                   help="which trial of a study file (default: the first with anchors.count > 0; see `validate`)")
+                   help="which trial of a study file (default: the first with CALM; see `validate`)")
     p.add_argument("--only", default=",".join("abcd"),
                    help="sections, comma-separated: a (training step, CALM overhead), b (evaluation), c (decoding), "
                    "d (frozen vs fine-tuning trial); default all")

@@ -8,6 +8,8 @@ imports nothing from calm_study.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 # ---- metrics, per task ------------------------------------------------------------------------------------------
 RECALL_KS = (1, 5, 10)
 RETRIEVAL_METRICS = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR"))
@@ -27,6 +29,28 @@ SELECT_METRIC: dict[str, str] = {"retrieval": "t2v_R1", "captioning": "CIDEr"}
 def all_metric_names() -> tuple[str, ...]:
     """Every metric any task reports, in task order (the Parquet has one column each)."""
     return tuple(dict.fromkeys(m for names in TASK_METRICS.values() for m in names))
+
+
+# ---- the per-epoch record: what fit reports, the metric log stores, and results, status and tracking read --------
+# Besides these keys a record holds every loss column (loss_column), one learning rate per group (lr_column) and the
+# eval/<set>/<metric> values (eval_key).
+class EpochRecord(TypedDict, total=False):
+    epoch: int  # epochs completed, 1-based
+    status: str  # running | completed | diverged (the trial's state after this epoch)
+    train_s: float  # seconds of training in the epoch
+    eval_s: float  # seconds of evaluation after it
+    logged_at: float  # Unix time the line was logged (added by the Ray controller)
+    train_skipped_videos: int  # training videos dropped under data.on_error skip
+    checkpoint: str | None  # the epoch's checkpoint (added by the Ray controller)
+
+
+# Named parameter groups, each with its own learning rate (optim.lr_<group>): CLIP's encoders and the new modules.
+LR_GROUPS = ("clip", "new")
+
+
+def lr_column(group: str) -> str:
+    """The per-epoch key and Parquet column of a group's current learning rate: 'clip' -> 'lr_clip'."""
+    return f"lr_{group}"
 
 
 # ---- per-epoch metric keys (what a worker reports and the metric log stores) ------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 from calm_study.checks import at_least, positive
 from calm_study.config import DataConfig, TrialConfig, calm_enabled
 from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, set_path, to_dict
-from calm_study.names import PRECISIONS
+from calm_study.names import LR_GROUPS, PRECISIONS, lr_column
 
 
 def _choice(path: str, value: Any, valid: list[str] | tuple[str, ...]) -> list[str]:
@@ -116,7 +116,7 @@ def _check_shared(cfg: TrialConfig) -> list[str]:
         errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
     errs += _check_data(cfg.data) + _check_backbone(cfg.model.clip, cfg.model.pretrained)
     o, t = cfg.optim, cfg.train
-    for name in ("lr_clip", "lr_new"):
+    for name in (lr_column(group) for group in LR_GROUPS):
         if getattr(o, name) < 0:
             errs.append(f"optim.{name}: {getattr(o, name)} must be >= 0")
     if len(o.betas) != 2:

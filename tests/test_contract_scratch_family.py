@@ -9,7 +9,7 @@ from calm_study.configio import ConfigError
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import build_calm_head
-from calm_study.models.calm.align import list_align_losses
+from calm_study.models.calm.align import ALIGN_VARIANTS, AlignVariant, list_align_losses
 from calm_study.models.clip_family import CLIPFamily
 from calm_study.models.families import FAMILIES
 from calm_study.models.registry import Family
@@ -85,4 +85,24 @@ def test_validation_knows_the_registered_family_and_its_knobs(registered, tiny_d
 def test_without_registration_the_family_is_unknown(tiny_doc):
     tiny_doc["model"]["family"] = "maxpool"
     with pytest.raises(ConfigError, match="model.family: 'maxpool' is not valid"):
+        trial_from_dict(tiny_doc)
+
+
+def align_cosine(out, cfg):
+    """1 − cos(V_p, S_p), mean over the batch: a variant written here, not in calm_study."""
+    s_p = (out["s_logp"].detach() if cfg.detach_target else out["s_logp"]).float().exp()
+    return {"align": (1 - F.cosine_similarity(out["v_logp"].exp(), s_p, dim=-1)).mean()}
+
+
+SCRATCH_VARIANT = AlignVariant("cosine", align_cosine, lambda c: {"align": c.align_weight}, ("align",),
+                               ("loss.align_weight", "loss.detach_target"), summary="1 − cos(V_p, S_p)")
+
+
+def test_an_alignment_variant_registered_from_a_test_gets_the_contract(monkeypatch, tiny_doc, tmp_path):
+    monkeypatch.setitem(ALIGN_VARIANTS, SCRATCH_VARIANT.name, SCRATCH_VARIANT)
+    assert "cosine" in list_align_losses()
+    for family in ("clip4clip", "tmass"):
+        check_all(tiny_doc, family, "cosine", tmp_path)
+    tiny_doc["loss"] = {"align": "cosine", "alpha": 0.5}  # the VAE's KL weight: not this variant's
+    with pytest.raises(ConfigError, match="loss.alpha: 0.5 is read only by loss.align vae"):
         trial_from_dict(tiny_doc)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from calm_study.config import TrialConfig
+from calm_study.config import TrialConfig, calm_enabled
 from calm_study.models.families import build_model
 from calm_study.progress import say
 from calm_study.tasks import build_task
 from calm_study.training.fit import seed_everything, step_terms, update
 from calm_study.training.optim import build_optimizer, build_scheduler
+from calm_study.validate import canonical_trial
 
 # MSR-VTT-like captions (about 8-16 CLIP tokens each, like the real ones); batches cycle through them.
 CAPTIONS = (
@@ -80,8 +81,8 @@ def plausible(cost: LinearCost) -> bool:
 
 
 def without_calm(cfg: TrialConfig) -> TrialConfig:
-    """The same trial without anchors: the CALM-free baseline of the ablation studies."""
-    return replace(cfg, anchors=replace(cfg.anchors, count=0), loss=replace(cfg.loss, align="none"))
+    """The same trial without CALM (loss.align none, its one switch): the baseline of the ablation studies."""
+    return canonical_trial(replace(cfg, loss=replace(cfg.loss, align="none")))
 
 
 def _sync(device: torch.device) -> None:
@@ -148,7 +149,7 @@ def time_steps(cfgs: dict[str, TrialConfig], batches: Sequence[int], steps: int,
 
 
 def describe(cfg: TrialConfig) -> str:
-    if cfg.anchors.count == 0:
+    if not calm_enabled(cfg):
         return "baseline (no anchors)"
     return f"CALM (K={cfg.anchors.count} {cfg.anchors.source}, align {cfg.loss.align}, encode {cfg.anchors.encode})"
 
@@ -158,7 +159,7 @@ def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torc
     """Print section (a); returns {"calm": {B: s}, "base": {B: s}, "fits": ..., "overhead_*": %} (calm may be absent
     when the config has no anchors)."""
     target = cfg.train.batch_size
-    arms = {"calm": cfg, "base": without_calm(cfg)} if cfg.anchors.count > 0 else {"base": cfg}
+    arms = {"calm": cfg, "base": without_calm(cfg)} if calm_enabled(cfg) else {"base": cfg}
     out(f"(a) training step time: forward ({cfg.train.precision}) + loss + backward + grad clip + AdamW step on random "
         f"frames (B, T={cfg.data.num_frames}, 3, S, S) and real-looking captions; median of {steps} step(s) after "
         f"1 warm-up step per batch size, the configs' steps interleaved")
@@ -179,7 +180,7 @@ def run_steps(cfg: TrialConfig, batches: Sequence[int], steps: int, device: torc
             f"fixed a = {f.fixed_s * 1e3:.1f} ms/step  |  extrapolated to train.batch_size {target}: {at_target}")
     result: dict = {**measured, "fits": fits, "batch_size": target}
     if "calm" not in arms:
-        out("  CALM overhead: n/a (this config has no anchors; choose a trial with anchors.count > 0 via --trial)")
+        out("  CALM overhead: n/a (this config has no CALM: loss.align none; choose a trial with CALM via --trial)")
         return result
     largest = max(batches)
     calm, base = measured["calm"][largest], measured["base"][largest]

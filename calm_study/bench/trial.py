@@ -20,7 +20,7 @@ import torch
 
 from calm_study.bench.step import fmt_s
 from calm_study.clip_archs import image_size
-from calm_study.config import TrialConfig
+from calm_study.config import TrialConfig, calm_enabled
 from calm_study.data.sources import frame_cache, load_records
 from calm_study.progress import say
 from calm_study.training.fit import fit
@@ -28,7 +28,7 @@ from calm_study.training.fit import fit
 
 def frozen_config(cfg: TrialConfig) -> TrialConfig:
     """The config in frozen-feature mode: CLIP fixed, its features cached; anchor prompts encoded once."""
-    anchors = replace(cfg.anchors, encode="once") if cfg.anchors.count > 0 else cfg.anchors
+    anchors = replace(cfg.anchors, encode="once") if calm_enabled(cfg) else cfg.anchors
     return replace(cfg, model=replace(cfg.model, frozen=True), anchors=anchors)
 
 
@@ -81,7 +81,7 @@ def run_trials(cfg: TrialConfig, epochs: int, device: torch.device, out: Callabl
         cold = _timed_fit(frozen, device, "frozen, cold feature cache")
         written = any(p.is_file() for p in features.rglob("*"))
         warm = _timed_fit(frozen, device, "frozen, warm feature cache")
-    frozen_how = "model.frozen true" + (", anchors.encode once" if cfg.anchors.count > 0 else "")
+    frozen_how = "model.frozen true" + (", anchors.encode once" if calm_enabled(cfg) else "")
     rows = {"fine-tuning (model.frozen false)": fine,
             f"frozen ({frozen_how}), cold fresh data.feature_cache (extraction included)": cold,
             f"frozen ({frozen_how}), warm data.feature_cache (each further trial)": warm}

@@ -14,7 +14,7 @@ from torch import nn
 
 from calm_study.models.backbone import CLIPBackbone
 from calm_study.models.calm import CALMHead
-from calm_study.names import FRAME_FEATURES
+from calm_study.names import FRAME_FEATURES, LR_GROUPS
 
 BACKBONE = "backbone"  # the families' attribute holding CLIP, so the first part of its state-dict keys
 # The one backbone tensor that trains under model.frozen (a retrieval temperature, not a feature), as a key of a
@@ -80,7 +80,8 @@ class CLIPFamily(nn.Module):
         frozen parameters are left out, so that optimisers and DDP see only what trains."""
         clip = list(self.backbone.parameters())
         ids = {id(p) for p in clip}
-        groups = {"clip": clip, "new": [p for p in self.parameters() if id(p) not in ids]}
+        clip_group, new_group = LR_GROUPS
+        groups = {clip_group: clip, new_group: [p for p in self.parameters() if id(p) not in ids]}
         return {name: [p for p in ps if p.requires_grad] for name, ps in groups.items()}
 
     def freeze_encoders(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import typing
 from pathlib import Path
 
 import pandas as pd
@@ -24,15 +25,18 @@ from calm_study.config import DatasetRef, TrialConfig
 from calm_study.configio import flatten, to_dict
 from calm_study.names import (
     EVAL_PREFIX,
+    LR_GROUPS,
     RENAMED_TERMS,
     RESULTS_FILE,
     SAMPLES,
     SAMPLES_FILE,
     SKIPPED_VIDEOS,
+    EpochRecord,
     all_metric_names,
     eval_key,
     eval_metrics_of,
     loss_column,
+    lr_column,
     regime,
 )
 from calm_study.study.spec import Study, Trial
@@ -57,6 +61,14 @@ def loss_terms() -> tuple[str, ...]:
                                 *(t for v in ALIGN_VARIANTS.values() for t in v.term_names)]))
 
 
+def record_columns() -> dict[str, str]:
+    """The columns of the per-epoch record's own keys (names.EpochRecord), typed from its annotations; epoch and status
+    have columns of their own (`epoch`, `epoch_status`)."""
+    dtypes = {float: "float64", int: "Int64", str | None: "str"}
+    hints = typing.get_type_hints(EpochRecord)
+    return {k: dtypes[t] for k, t in hints.items() if k not in ("epoch", "status")}
+
+
 def fixed_columns() -> dict[str, str]:
     """Columns that do not come from the trial config, with their pandas dtypes. Optional ones (loss terms of other
     variants, counts missing from old logs) are added as nulls, so that every study's file has the same schema."""
@@ -67,9 +79,8 @@ def fixed_columns() -> dict[str, str]:
         "epoch_status": "str", "swept": "str", "regime": "str",
         **{m: "float64" for m in all_metric_names()},
         SKIPPED_VIDEOS: "Int64",
-        **{k: "float64" for k in [loss_column(t) for t in loss_terms()] + ["lr_clip", "lr_new", "train_s", "eval_s",
-                                                                           "logged_at"]},
-        "train_skipped_videos": "Int64", "checkpoint": "str",
+        **{k: "float64" for k in [loss_column(t) for t in loss_terms()] + [lr_column(g) for g in LR_GROUPS]},
+        **record_columns(),
     }
 
 

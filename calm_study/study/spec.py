@@ -3,9 +3,9 @@
     name: anchor_ablation
     base: {model: ..., anchors: ..., ...}            # a TrialConfig
     search:
-      grid: {loss.alpha: [0.05, 0.1]}                # cartesian product over the listed values
+      grid: {optim.lr_new: [1e-5, 2e-5]}             # cartesian product over the listed values
       combinations:                                  # listed rows (e.g. Table 6's (count, source) pairs),
-        - {anchors.count: 0, loss.align: none}       #   crossed with the grid
+        - {loss.align: none}                         #   crossed with the grid (this one: the baseline)
     seeds: [0, 1]                                    # every arm runs once per seed
     presets: {demo: {base: {...}, seeds: [0]}}       # merged into the document by --preset
     tracking: {mlflow: {uri: sqlite:///mlflow.db}}   # optional: an MLflow run per trial (docs/tracking.md)

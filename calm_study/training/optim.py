@@ -8,12 +8,12 @@ import torch
 
 from calm_study.config import OptimConfig
 from calm_study.models.families import VideoTextModel
-from calm_study.names import PRECISIONS  # noqa: F401  (train.precision; spelled in names.py, read by validate.py)
+from calm_study.names import LR_GROUPS, lr_column
 
 
 def group_lrs(o: OptimConfig) -> dict[str, float]:
     """Learning rate of each named parameter group a family exposes."""
-    return {"clip": o.lr_clip, "new": o.lr_new}
+    return {group: getattr(o, lr_column(group)) for group in LR_GROUPS}  # optim.lr_clip, optim.lr_new
 
 
 def build_optimizer(model: VideoTextModel, o: OptimConfig) -> torch.optim.AdamW:
@@ -31,7 +31,7 @@ def build_optimizer(model: VideoTextModel, o: OptimConfig) -> torch.optim.AdamW:
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """{"lr_<group>": current rate} of every named group that has parameters."""
-    return {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
+    return {lr_column(g["name"]): g["lr"] for g in optimizer.param_groups}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
