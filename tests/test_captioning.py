@@ -13,7 +13,7 @@ from calm_study.configio import ConfigError
 from calm_study.external import JavaMissingError, require_java
 from calm_study.models.caption_decoder import CaptionDecoder, beam_search, greedy
 from calm_study.models.captioner import IGNORE, build_captioner, shift
-from calm_study.tasks.captioning.metrics import caption_metrics
+from calm_study.tasks.captioning.metrics import _pair_lines, _ptb_lines, caption_metrics, one_line, ptb_tokenize
 from calm_study.tasks.captioning.task import caption_loss, most_frequent_caption
 from calm_study.validate import trial_from_dict
 
@@ -153,6 +153,51 @@ def test_a_hypothesis_equal_to_a_reference_scores_full_bleu_and_rouge():
 def test_caption_metrics_refuse_mismatched_videos():
     with pytest.raises(ValueError, match="same videos"):
         caption_metrics({"a": ["x"]}, {"b": "x"})
+
+
+# Line breaks for Python (str.splitlines) or for the Java PTB tokenizer (\n \r \v \f \u2028 \u2029), \r\n, and other
+# whitespace and control characters: inside one caption, none may move another video's caption.
+SEPARATORS = ["\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\t", "\x00", "\xa0"]
+
+
+def test_one_line_removes_every_line_boundary_python_knows():
+    breaks = [chr(c) for c in range(0x110000) if len(f"a{chr(c)}b".splitlines()) == 2]
+    assert set(breaks) >= {"\n", "\r", "\v", "\f", "\x85", "\u2028", "\u2029"}
+    for ch in breaks + SEPARATORS:
+        assert one_line(f"a{ch}b").split(" ") in (["a", "b"], ["a", "", "b"]), repr(ch)
+        assert len(one_line(f"a{ch}b").splitlines()) == 1, repr(ch)
+    assert one_line("A man, playing: guitar!") == "A man, playing: guitar!"  # clean captions are left alone
+
+
+def test_a_separator_inside_one_caption_moves_no_other_caption_through_the_java_tokenizer():
+    texts = {f"v{i}": [f"Left{sep}right.", f"video {i}"] for i, sep in enumerate(SEPARATORS)}
+    texts["last"] = ["The end."]
+    out = ptb_tokenize(texts)
+    assert out == {**{f"v{i}": ["left right", f"video {i}"] for i in range(len(SEPARATORS))}, "last": ["the end"]}
+
+
+def test_a_separator_in_one_caption_changes_no_score():
+    """The same captions with a separator or a space in them score the same: before the normalisation a "\r" in v1
+    shifted v2 and v3 onto each other's captions (pycocoevalcap's PTBTokenizer pairs output lines by position)."""
+    hyps = dict(HYPS, v1="a man is\rplaying the guitar", v2="a woman\u2028is cutting\x85an onion")
+    refs = dict(REFS, v1=["A man is\u2029playing a guitar.", *REFS["v1"][1:]],
+                v2=[*REFS["v2"][:2], "Woman\vchopping onions."])
+    spaced_refs = {k: [one_line(r) for r in v] for k, v in refs.items()}
+    spaced_hyps = {k: one_line(h) for k, h in hyps.items()}
+    spaced = caption_metrics(spaced_refs, spaced_hyps)
+    assert caption_metrics(refs, hyps) == spaced
+    # and the comparison would see a shift: v2 and v3 answered with each other's captions score differently
+    assert caption_metrics(spaced_refs, dict(spaced_hyps, v2=spaced_hyps["v3"], v3=spaced_hyps["v2"])) != spaced
+
+
+def test_line_count_mismatch_is_an_error_never_a_shifted_pairing():
+    lines = _ptb_lines("\n".join(["a man\rplays", "a dog runs"]))  # the raw Java tokenizer, no normalisation
+    assert lines == ["a man", "plays", "a dog runs"]
+    with pytest.raises(RuntimeError, match="returned 3 lines for 2 captions"):
+        _pair_lines(["v1", "v2"], lines)
+    with pytest.raises(RuntimeError, match="returned 1 lines for 2 captions"):
+        _pair_lines(["v1", "v2"], ["a man plays"])
+    assert _pair_lines(["v1", "v1", "v2"], ["a man , plays .", "x", "y"]) == {"v1": ["a man plays", "x"], "v2": ["y"]}
 
 
 def test_missing_java_is_named_before_anything_runs(monkeypatch, tmp_path):

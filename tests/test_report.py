@@ -5,6 +5,7 @@ mean ± t(0.975, 2)·sd/√3 and with 2 seeds mean ± t(0.975, 1)·sd/√2. Both
 with 1 and 2 degrees of freedom): t(p, 1) = tan(π(p − 1/2)) and t(p, 2) = (2p − 1)/√(2p(1 − p)).
 """
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from calm_study.report import ReportError, build_tables, domain_drop, main_table, write_report
 from calm_study.report.render import to_markdown
+from calm_study.report.select import COMPARABLE_BY, arm_frame, baselines
 from calm_study.report.stats import paired, summarize, verdict
 from calm_study.study.results import conform, write_parquet_atomic
 
@@ -228,6 +230,49 @@ def test_alpha_sweep_without_baseline_arm_compares_with_the_first_arm():
     f = tables[0].frame
     assert f.loss_alpha.tolist() == [0.05, 0.1, 0.2] and f.is_baseline.tolist() == [True, False, False]
     assert f.id_t2v_R1_diff.tolist()[1:] == [1, 2] and f.id_t2v_R1_diff_ci_lo.tolist()[1:] == [1, 2]  # sd 0
+
+
+def protocol_arms():
+    """Two protocols × with and without CALM (tmass_compat needs family tmass or xpool: arm()'s default is tmass)."""
+    out = []
+    for i, (protocol, calm) in enumerate(itertools.product(["leakfree", "tmass_compat"], [False, True])):
+        swept = {"evaluation.protocol": protocol, "loss.align": "vae" if calm else "none",
+                 "anchors.count": 157 if calm else 0}
+        out.append(arm(f"{'c' if calm else 'b'}-{protocol}", i, swept, evaluation_protocol=protocol,
+                       loss_align="vae" if calm else "none", anchors_count=157 if calm else 0))
+    return out
+
+
+# In-domain R@1 per seed: the leaky protocol scores far higher; CALM adds 2 (leak-free) or 4 (tmass_compat) per seed.
+PROTOCOL_R1 = {"b-leakfree": [10, 12, 14], "c-leakfree": [12, 14, 16],
+               "b-tmass_compat": [40, 42, 44], "c-tmass_compat": [44, 46, 48]}
+
+
+def test_each_calm_arm_is_paired_with_the_baseline_scored_with_its_own_protocol():
+    """A study sweeping the evaluation protocol: each CALM arm's Δ is against the baseline of its own protocol (+2 and
+    +4), never the leaky CALM arm against the leak-free baseline (+34)."""
+    final = {(a, s): {"msrvtt": v, "didemo": v / 2} for a, vs in PROTOCOL_R1.items() for s, v in enumerate(vs)}
+    df = rows("protocol", protocol_arms(), final)
+    assert baselines(arm_frame(df)) == {"b-leakfree": "b-leakfree", "c-leakfree": "b-leakfree",
+                                        "b-tmass_compat": "b-tmass_compat", "c-tmass_compat": "b-tmass_compat"}
+    _, tables = build_tables(df)
+    f = tables[0].frame.set_index("unit")
+    assert "evaluation_protocol" in tables[0].labels
+    assert f.is_baseline.to_dict() == {"b-leakfree": True, "c-leakfree": False, "b-tmass_compat": True,
+                                       "c-tmass_compat": False}
+    assert f.loc["c-leakfree", "id_t2v_R1_diff"] == 2 and f.loc["c-tmass_compat", "id_t2v_R1_diff"] == 4
+    assert f.loc["c-tmass_compat", "id_t2v_R1_pairs"] == 3 and f.loc["c-tmass_compat", "id_t2v_R1_diff_ci_lo"] == 4
+    assert "evaluation_protocol=tmass_compat" in f.loc["c-tmass_compat", "baseline"]
+    # DSL and regime split the same way; an arm whose group has no baseline arm is compared within its own group
+    # (its first arm, here itself), never with another group's baseline.
+    dsl = pd.concat([df[df.arm_id != "b-tmass_compat"], df[df.arm_id == "c-leakfree"].assign(
+        arm_id="c-dsl", arm_index=9, evaluation_dsl=True)], ignore_index=True)
+    assert baselines(arm_frame(conform(dsl))) == {"b-leakfree": "b-leakfree", "c-leakfree": "b-leakfree",
+                                                  "c-tmass_compat": "c-tmass_compat", "c-dsl": "c-dsl"}
+    frozen = conform(df.assign(regime=df.arm_id.map(lambda a: "frozen" if a == "c-leakfree" else "finetune")))
+    assert baselines(arm_frame(frozen))["c-leakfree"] == "c-leakfree"
+    assert {"task", "model_family", "data_train", "regime", "evaluation_protocol", "evaluation_dsl"} <= \
+        set(COMPARABLE_BY)
 
 
 def test_best_epoch_uses_the_validation_set_and_is_refused_without_one(tmp_path):

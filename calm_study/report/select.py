@@ -9,9 +9,10 @@ Epoch rules (every table caption names the one used):
   epoch on the test set would report an optimistically biased number.
 - an integer N: epoch N of every trial that has it.
 
-Baseline of an arm: among the arms of the same model family trained on the same data (`model_family`,
-`data_train`), the arm with `loss_align == "none"`: the same family without CALM (for family tmass, the paper's T-MASS
-row); if there is none, the first arm in the study file's order. Comparisons are always against that baseline.
+Baseline of an arm: among the arms that agree with it on every setting in COMPARABLE_BY (task, model family, training
+data, regime, evaluation protocol and DSL, caption decoding), the arm with `loss_align == "none"`: the same model
+scored the same way without CALM (for family tmass, the paper's T-MASS row); if that group has none, the group's first
+arm in the study file's order, never an arm of another group. Comparisons are always against that baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ from calm_study.configio import flatten
 from calm_study.names import SELECT_METRIC, VAL_SPLITS
 
 TRIAL = ["arm_id", "seed"]
+
+# The settings that decide what a score means rather than how good the method is: an arm is compared (Δ) only with a
+# baseline that agrees on all of them, so that the difference is CALM's alone. A study sweeping the protocol would
+# otherwise compare a CALM arm scored with tmass_compat (the evaluation leak, far higher R@1) or with DSL
+# post-processing against the baseline scored leak-free. Task (other metrics), model family, training data and regime
+# (fine-tuned or frozen CLIP) make a different model; caption decoding (beam, length penalty, length cap) decides which
+# caption is scored, as DSL decides which video is ranked first. Columns a results file lacks are left out.
+COMPARABLE_BY = ["task", "model_family", "data_train", "regime", "evaluation_protocol", "evaluation_dsl",
+                 "caption_beam_size", "caption_length_penalty", "caption_max_length"]
 
 
 class ReportError(ValueError):
@@ -135,6 +145,8 @@ def arm_frame(df: pd.DataFrame) -> pd.DataFrame:
     arms["model_family"] = arms.model_family.astype(object).fillna("clip4clip")
     arms["evaluation_protocol"] = arms.evaluation_protocol.astype(object).fillna("leakfree")
     arms["regime"] = arms.regime.astype(object).fillna("finetune")  # files before schema 5: all fine-tuned
+    arms["evaluation_dsl"] = arms.evaluation_dsl.astype(object).fillna(False)  # files before the DSL knob: none
+    arms["task"] = arms.task.astype(object).fillna("retrieval") if "task" in arms else "retrieval"  # as task_of
     no_calm = arms.loss_align == "none"  # CALM's one switch (config.calm_enabled)
     arms["anchors_source"] = arms.anchors_source.astype(object).where(~no_calm, "none")  # unused without CALM
     return arms
@@ -166,7 +178,8 @@ def independent(arms: pd.DataFrame, columns: list[str]) -> list[str]:
 def baselines(arms: pd.DataFrame) -> dict[str, str]:
     """arm_id -> the arm_id of its baseline (see the module docstring)."""
     out = {}
-    for _, group in arms.groupby(["model_family", "data_train"], sort=False):
+    # dropna=False: a setting null in every arm (caption decoding in a retrieval study) still groups them together.
+    for _, group in arms.groupby([c for c in COMPARABLE_BY if c in arms], sort=False, dropna=False):
         none = group[group.loss_align == "none"]
         base = (none if len(none) else group).sort_values("order").index[0]
         out.update(dict.fromkeys(group.index, base))
