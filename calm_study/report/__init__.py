@@ -31,8 +31,9 @@ DEFINITIONS = """\
   with n = 1 has no sd and no interval.
 - **Δ vs baseline**: per-seed differences (row − baseline) over the seeds both have, their mean and 95% t-interval;
   seeds only one side has are left out and counted in the notes. *distinguishable* = the interval excludes 0
-  ("n/a" with fewer than 2 pairs). The baseline of a row is the arm without anchors (`loss_align` none) trained on
-  the same data, or, without one, the first arm of the study file.
+  ("n/a" with fewer than 2 pairs). The baseline of a row is the arm without CALM (`loss_align` none) that agrees with
+  it on every setting that changes what a score means (task, family, training data, regime, scoring protocol, DSL,
+  decoding: `report.select.COMPARABLE_BY`), or, without one, the first such arm of the study file.
 - **Drop** (cross-domain): in-domain R@1 − mean out-of-domain R@1 of the same trained model; a method's average drop
   is, per seed, the mean over its training sets.
 - **Paper**: a value from the paper is printed only where the study matches the paper's table (layout, row settings,
