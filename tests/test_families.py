@@ -1,6 +1,7 @@
-"""X-Pool and T-MASS families: pooling against a slow oracle, leak-free pairwise scoring, the tmass_compat protocol,
-parameter counts."""
+"""X-Pool and T-MASS families: pooling against a slow oracle, leak-free pairwise scoring, the tmass_compat protocol
+against a slow re-implementation of T-MASS's published indexing, padded frame slots, parameter counts."""
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from calm_study.configio import ConfigError
 from calm_study.models.families import build_model
+from calm_study.models.tmass import RadiusHead
 from calm_study.models.xpool import TextConditionedPool
 from calm_study.tasks.retrieval.metrics import retrieval_metrics, t2v_ranks
 from calm_study.tasks.retrieval.scoring import score_banks
@@ -114,7 +116,9 @@ def test_leak_free_scoring_pools_every_pair_with_its_own_query_text(tiny_doc, fa
     spy.seen.clear()
     square_text = {k: v[:4] for k, v in text_bank.items()}
     score_banks(model, square_text, video_bank, text_chunk=2, protocol="tmass_compat")
-    assert spy.seen == {(j, j) for j in range(4)}  # the leak: each candidate pooled only by its own caption
+    own = {(j, j) for j in range(4)}  # the leak: each candidate scored against its pooling by its own caption
+    # T-MASS also pools every pair by its query, to pick the draw that is then scored against `own` (tested below).
+    assert spy.seen == (own if family == "xpool" else {(i, j) for i in range(4) for j in range(4)})
 
 
 @pytest.mark.parametrize("family", ["xpool", "tmass"])
@@ -191,6 +195,7 @@ def test_calm_adds_about_half_a_million_parameters_to_tmass_on_vit_b32():
     n_plain = sum(p.numel() for p in plain.parameters())
     n_calm = sum(p.numel() for p in calm.parameters())
     assert n_calm - n_plain == 157 * 512 + 383_901
+    assert n_plain == 152_600_322 - 1  # T-MASS's count less its radius head's unused `learnable_scalar`
     pool = sum(p.numel() for p in plain.pool.parameters())
     radius = sum(p.numel() for p in plain.radius.parameters())
     assert (pool, radius) == (1_316_352, 12 * 512 + 512)
@@ -212,3 +217,118 @@ def test_tmass_inference_equals_the_draw_by_draw_maximum(tiny_doc):
                 for k in range(7):
                     best[i, j] = max(best[i, j], F.cosine_similarity(t[i] + eps[i, k] * r[i, j], pooled[i, j], dim=0))
         assert torch.allclose(model.score(text_bank, video_bank), best, atol=1e-5)
+
+
+def perturbed_tmass(tiny_doc, **model):
+    """A tmass model away from its identity initialisation, with a radius that varies per frame slot and per pair."""
+    model = family_model(tiny_doc, "tmass", **model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.pool.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        model.radius.linear.weight.normal_(0, 0.5)
+    return model
+
+
+@torch.no_grad()
+def slow_tmass_published(model, text_bank: dict, video_bank: dict) -> torch.Tensor:
+    """T-MASS's published evaluation (trainer/trainer_stochastic.py, modules/metrics.py), one loop per index, float64.
+
+    For every video c and every text a: the radius of (a, c) from the T text-frame cosines, then the draw whose
+    normalised stochastic text is closest to video c pooled by text a; that draw is allpairs[c, a]. The sim matrix
+    then scores text b against video i as <allpairs[i, b], video i pooled by text i>. The draws are the text bank's
+    (T-MASS draws afresh for every video; what is compared here is the indexing)."""
+    t, eps = text_bank["text"].double(), text_bank["noise"].double()  # (N, D), (N, K, D)
+    frames, mask = video_bank["frames"].double(), video_bank["mask"]  # (N, T, D), (N, T): no padding here
+    n, n_f = len(t), frames.shape[1]
+    pooled = copy.deepcopy(model.pool).double()(t, frames, mask)  # pooled[a, c] = pool(v_c | t_a)
+    w, b = model.radius.linear.weight.double(), model.radius.linear.bias.double()
+    allpairs = torch.zeros(n, n, t.shape[1], dtype=torch.float64)
+    for c in range(n):
+        for a in range(n):
+            s = torch.stack([F.cosine_similarity(t[a], frames[c, f], dim=0) for f in range(n_f)])
+            radius = torch.exp(w @ s + b)
+            target = pooled[a, c] / pooled[a, c].norm()
+            best = -math.inf
+            for k in range(eps.shape[1]):
+                draw = t[a] + eps[a, k] * radius
+                draw = draw / draw.norm()
+                if float(draw @ target) > best:  # strictly greater: the first draw wins a tie, as torch.argmax
+                    best, allpairs[c, a] = float(draw @ target), draw
+    scores = torch.zeros(n, n, dtype=torch.float64)
+    for query in range(n):
+        for i in range(n):
+            scores[query, i] = allpairs[i, query] @ (pooled[i, i] / pooled[i, i].norm())
+    return scores
+
+
+def test_tmass_compat_reproduces_tmass_published_indexing(tiny_doc):
+    """The draw is picked against the query-pooled video, then scored against the own-caption-pooled one; the
+    maximum over draws against the own-caption pooling (an earlier reading) scores every wrong pair at least as high,
+    i.e. understates the leak. Random frame features: the tiny CLIP's frames of noise images are too alike to tell."""
+    model = perturbed_tmass(tiny_doc, trials=7)
+    g = torch.Generator().manual_seed(1)
+    n, d = 6, model.backbone.embed_dim
+    text_bank = {"text": torch.randn(n, d, generator=g), "noise": torch.rand(n, 7, d, generator=g)}
+    video_bank = {"frames": torch.randn(n, 4, d, generator=g), "mask": torch.ones(n, 4, dtype=torch.bool)}
+    compat = score_banks(model, text_bank, video_bank, text_chunk=4, protocol="tmass_compat")
+    published = slow_tmass_published(model, text_bank, video_bank)
+    assert torch.allclose(compat.double(), published, atol=1e-6, rtol=0)
+    leakfree = score_banks(model, text_bank, video_bank, text_chunk=4)
+    assert torch.allclose(compat.diagonal(), leakfree.diagonal(), atol=1e-6)  # the ground-truth pair is the same
+    with torch.no_grad():
+        own = F.normalize(model.pooled(text_bank["text"], video_bank, text_bank), dim=-1)
+        r = model.radius.all_pairs(text_bank["text"], video_bank["frames"], video_bank["mask"])
+        max_against_own = model.draw_cosines(text_bank["text"], text_bank["noise"], r, own).amax(dim=-1)
+    assert (max_against_own.double() >= published - 1e-6).all() and (max_against_own.double() - published).max() > 1e-3
+
+
+def test_radius_reads_the_last_real_frame_in_padded_slots():
+    """R of a short clip is R of the clip with its last real frame repeated (T-MASS's decoding), whatever the padded
+    slots hold; padding ahead of the first real frame reads that frame."""
+    torch.manual_seed(0)
+    radius = RadiusHead(5, 8)
+    with torch.no_grad():
+        radius.linear.weight.normal_(0, 0.5)
+    text, frames = torch.randn(3, 8), torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 0, 1]], dtype=torch.bool)
+    repeated = frames.clone()
+    repeated[0, 2:] = frames[0, 1]
+    repeated[1, 0], repeated[1, 3] = frames[1, 1], frames[1, 2]
+    expected = radius.all_pairs(text, repeated)
+    garbage = frames.masked_fill(~mask[..., None], 50.0)
+    assert torch.allclose(radius.all_pairs(text, frames, mask), expected, atol=1e-6)
+    assert torch.allclose(radius.all_pairs(text, garbage, mask), expected, atol=1e-6)
+    assert torch.allclose(radius.paired(text[:2], garbage, mask), expected[[0, 1], [0, 1]], atol=1e-6)
+
+
+def test_padded_frame_slots_change_no_score_and_no_training_output(tiny_doc):
+    """Garbage in a short clip's padded slots changes nothing: not the training logits, the support and CALM terms
+    or V_p, not the video bank's scores under either protocol."""
+    model = perturbed_tmass(tiny_doc, support_weight=0.8)
+    frames = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    garbage = frames.clone()
+    garbage[1, 2:] = 50.0
+    garbage[2, 1:] = -7.0 * frames[2, 1:]
+    tokens = model.tokenize(["a red circle", "a blue square", "a green star"])
+    noise = torch.rand(3, model.backbone.embed_dim, generator=torch.Generator().manual_seed(3))
+
+    def training(pixels):
+        torch.manual_seed(4)  # the same dropout and VAE draws for both inputs
+        out = model.train()({"frames": pixels, "mask": mask, "tokens": tokens, "text_noise": noise})
+        return {"logits": model.batch_logits(out), **model.extra_terms(out), "v_logp": out["v_logp"]}
+
+    clean, dirty = training(frames), training(garbage)
+    assert set(clean) >= {"logits", "support", "align_rec", "align_kl", "v_logp"}
+    for name in clean:
+        assert torch.allclose(clean[name], dirty[name], atol=1e-6), name
+
+    model.eval()
+    with torch.no_grad():
+        text_bank = model.text_bank(tokens)
+        clean_bank, dirty_bank = model.video_bank(frames, mask), model.video_bank(garbage, mask)
+    assert not torch.allclose(clean_bank["frames"][1, 2:], dirty_bank["frames"][1, 2:])  # the garbage reached them
+    for protocol in ("leakfree", "tmass_compat"):
+        assert torch.allclose(score_banks(model, text_bank, clean_bank, protocol=protocol),
+                              score_banks(model, text_bank, dirty_bank, protocol=protocol), atol=1e-6), protocol

@@ -8,6 +8,13 @@
         v̄_j = mean_i pool(t_i, v_j); L_sup = symmetric CE over scale · cos(t_sup,i, pool(t_i, v_j))
     inference: S[i, j] = max over `model.trials` draws of cos(t_i + ε_k ⊙ R_ij, pool(t_i, v_j)); the draws are seeded
         per text (model.eval_seed), so a score never depends on chunking or on the other texts.
+    tmass_compat (T-MASS's published, leaky indexing): k* = argmax_k cos(t_i + ε_k ⊙ R_ij, pool(t_i, v_j)) is picked
+        against the query-pooled video as above, and S[i, j] = cos(t_i + ε_k* ⊙ R_ij, pool(t_j, v_j)), that draw
+        scored against video j pooled by its own caption j.
+
+Short clips: padded frame slots (mask False) never influence anything. The pooling and V_p mask them; the radius
+head, which has one input per frame slot, reads in each padded slot the cosine of the clip's last real frame, which
+is what T-MASS's decoder (it repeats a short clip's last frame) would give it (docs/calm-choices.md).
 
 With a CALM head, S_p comes from the deterministic t (never t_s) and V_p from the frame mean, as in every family.
 """
@@ -30,8 +37,22 @@ from calm_study.models.xpool import POOL_KNOBS, TextConditionedPool, XPool, chec
 PRIORS = ("uniform01", "normal")  # model.prior
 
 
+def repeat_last_real(cos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """cos (..., N_v, T) with every padded slot of mask (N_v, T) holding the cosine of the last real slot before it
+    (of the first real slot, for padding ahead of every real frame): the radius head then sees what T-MASS's repeated
+    last frame would give it, and nothing a padded slot holds can reach R."""
+    if mask is None:
+        return cos
+    slots = torch.arange(mask.shape[-1], device=mask.device)
+    last = torch.where(mask.bool(), slots, -1).cummax(dim=-1).values  # (N_v, T): last real slot at or before each
+    first = mask.int().argmax(dim=-1, keepdim=True)  # (N_v, 1): first real slot
+    source = torch.where(last < 0, first, last)  # (N_v, T)
+    return cos.gather(-1, source.expand_as(cos))
+
+
 class RadiusHead(nn.Module):
-    """log R = W s + b from the T text-frame cosines s; W starts as the identity on the first T dimensions, b = 0."""
+    """log R = W s + b from the T text-frame cosines s; W starts as the identity on the first T dimensions, b = 0.
+    With a frame mask, each padded slot of s is the last real frame's cosine (`repeat_last_real`)."""
 
     def __init__(self, num_frames: int, width: int):
         super().__init__()
@@ -39,16 +60,16 @@ class RadiusHead(nn.Module):
         nn.init.eye_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def paired(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """R of each text with its own video: text (N, D), frames (N, T, D) -> (N, D)."""
+    def paired(self, text: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """R of each text with its own video: text (N, D), frames (N, T, D), mask (N, T) -> (N, D)."""
         cos = torch.bmm(F.normalize(frames, dim=-1), F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)  # (N, T)
-        return self.linear(cos).exp()
+        return self.linear(repeat_last_real(cos, mask)).exp()
 
-    def all_pairs(self, text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """R of every (text, video) pair: text (n, D), frames (N_v, T, D) -> (n, N_v, D)."""
+    def all_pairs(self, text: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """R of every (text, video) pair: text (n, D), frames (N_v, T, D), mask (N_v, T) -> (n, N_v, D)."""
         n_v, n_f, _ = frames.shape
         cos = F.normalize(text, dim=-1) @ F.normalize(frames, dim=-1).reshape(n_v * n_f, -1).t()  # (n, N_v * T)
-        return self.linear(cos.view(len(text), n_v, n_f)).exp()
+        return self.linear(repeat_last_real(cos.view(len(text), n_v, n_f), mask)).exp()
 
 
 class TMASS(XPool):
@@ -77,7 +98,7 @@ class TMASS(XPool):
         """scale · cos(t_s,i, pool(t_i, v_j)) over the global batch; caches what the support term needs in `out`."""
         text, frames, mask = self.gathered(out)
         pooled = self.pool(text, frames, mask)  # (N_t, N_v, D)
-        r = self.radius.paired(text, frames)  # (N, D): each text with its own video
+        r = self.radius.paired(text, frames, mask)  # (N, D): each text with its own video
         stochastic = text + gather_with_grad(out["text_noise"]) * r  # one draw per text per step
         out["_tmass"] = (text, pooled, r)
         return self.scale() * pooled_cosine(stochastic, pooled)
@@ -109,16 +130,32 @@ class TMASS(XPool):
     def score(self, text_bank: dict, video_bank: dict, pool_with: dict | None = None) -> torch.Tensor:
         """(N_text, N_video): the best of `trials` stochastic texts per pair (T-MASS's inference), leak-free.
 
-        cos(t + ε_k⊙R, p) is expanded so that no (n, N_v, D) tensor is built per draw: with p̂ = p/‖p‖,
-        numerator t·p̂ + Σ_d ε_kd R_d p̂_d, squared norm ‖t‖² + 2 Σ_d t_d ε_kd R_d + Σ_d ε_kd² R_d²; the three sums
-        over d for all draws are batched matrix products (tests compare with the draw-by-draw loop)."""
+        `pool_with` (only for the labelled tmass_compat protocol) reproduces T-MASS's published indexing: the draw is
+        still picked against video j pooled by the query, as T-MASS's trainer picks it, and only that draw is then
+        scored against video j pooled by pool_with["text"][j] (its own caption), as T-MASS's sim matrix scores it.
+        Taking the maximum against the own-caption pooling instead would understate the leak."""
         t, eps = text_bank["text"], text_bank["noise"]  # (n, D), (n, trials, D)
-        p = F.normalize(self.pooled(t, video_bank, pool_with), dim=-1)  # (n, N_v, D)
-        r = self.radius.all_pairs(t, video_bank["frames"])  # (n, N_v, D): R_ij of every pair
+        p = F.normalize(self.pooled(t, video_bank, None), dim=-1)  # (n, N_v, D): every pair pooled by its query
+        r = self.radius.all_pairs(t, video_bank["frames"], video_bank["mask"])  # (n, N_v, D): R_ij of every pair
+        cos = self.draw_cosines(t, eps, r, p)  # (n, N_v, K)
+        if pool_with is None:
+            return cos.amax(dim=-1)  # (n, N_v)
+        own = F.normalize(self.pooled(t, video_bank, pool_with), dim=-1)  # (n, N_v, D): video j by caption j
+        best = cos.argmax(dim=-1, keepdim=True)  # (n, N_v, 1): T-MASS's argmax, the first draw on a tie
+        return self.draw_cosines(t, eps, r, own).gather(-1, best).squeeze(-1)  # (n, N_v)
+
+    @staticmethod
+    def draw_cosines(t: torch.Tensor, eps: torch.Tensor, r: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """cos(t_i + ε_ik ⊙ R_ij, p_ij) of every draw: t (n, D), ε (n, K, D), R (n, N_v, D), p (n, N_v, D) unit
+        rows -> (n, N_v, K).
+
+        Expanded so that no (n, N_v, D) tensor is built per draw: numerator t·p + Σ_d ε_kd R_d p_d, squared norm
+        ‖t‖² + 2 Σ_d t_d ε_kd R_d + Σ_d ε_kd² R_d²; the three sums over d for all draws are batched matrix products
+        (tests compare with the draw-by-draw loop)."""
         numerator = torch.einsum("id,ijd->ij", t, p)[..., None] + torch.bmm(r * p, eps.transpose(1, 2))  # (n, N_v, K)
         norm2 = ((t * t).sum(-1)[:, None, None] + 2 * torch.bmm(r, (eps * t[:, None, :]).transpose(1, 2))
                  + torch.bmm(r * r, (eps * eps).transpose(1, 2)))  # (n, N_v, K)
-        return (numerator / norm2.clamp(min=1e-12).sqrt()).amax(dim=-1)  # (n, N_v)
+        return numerator / norm2.clamp(min=1e-12).sqrt()
 
 
 def build_tmass(cfg: TrialConfig) -> TMASS:
