@@ -140,11 +140,20 @@ class OptimConfig:
     # Paper: "AdamW, lr 1e-5". The split is unstated; T-MASS (CALM's baseline) uses 1e-6 for CLIP, 1e-5 for the rest.
     lr_clip: float = 1e-6  # CLIP image/text encoders and logit scale
     lr_new: float = 1e-5  # new modules: temporal fusion, anchor embeddings, VAE
-    weight_decay: float = 0.2  # AdamW decoupled weight decay (T-MASS / CLIP4Clip value)
-    betas: tuple[float, ...] = (0.9, 0.98)  # AdamW (β1, β2)
-    eps: float = 1e-6  # AdamW ε
-    warmup_fraction: float = 0.1  # linear warmup over this fraction of all steps, then cosine to 0; in [0, 1)
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    # adamw: torch's AdamW. bertadam: BERT's Adam as CoCap trains its captioner (docs/captioning.md): no bias
+    # correction, the same decoupled weight decay, and grad_clip applied to each parameter tensor's gradient on its
+    # own instead of to the global norm
+    name: str = "adamw"
+    weight_decay: float = 0.2  # decoupled weight decay (T-MASS / CLIP4Clip value); CoCap: 0.01
+    betas: tuple[float, ...] = (0.9, 0.98)  # (β1, β2); CoCap's BertAdam: (0.9, 0.999)
+    eps: float = 1e-6  # ε
+    # warmup_cosine: linear warmup over warmup_fraction of all steps, then cosine to 0 (T-MASS). constant_decay
+    # (CoCap): the same warmup, then constant, times epoch_decay per epoch after the first int(warmup_fraction x
+    # train.epochs) epochs
+    schedule: str = "warmup_cosine"
+    warmup_fraction: float = 0.1  # of all steps (warmup) and, for constant_decay, of the epochs held; in [0, 1)
+    epoch_decay: float = 0.95  # schedule constant_decay: factor per later epoch (CoCap: 0.95); in (0, 1]
+    grad_clip: float = 1.0  # max global gradient norm (per tensor with optim.name bertadam); 0 = off
 
 
 @dataclass(frozen=True)

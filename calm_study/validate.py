@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from calm_study.checks import at_least, positive
-from calm_study.config import DataConfig, TrialConfig, calm_enabled
+from calm_study.config import DataConfig, OptimConfig, TrialConfig, calm_enabled
 from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, set_path, to_dict
 from calm_study.names import LR_GROUPS, PRECISIONS, lr_column
 
@@ -123,6 +123,16 @@ def _check_shared(cfg: TrialConfig) -> list[str]:
         errs.append(f"optim.betas: expected two numbers (β1, β2), got {list(o.betas)}")
     if not 0 <= o.warmup_fraction < 1:
         errs.append(f"optim.warmup_fraction: {o.warmup_fraction} must be in [0, 1)")
+    from calm_study.training.optim import OPTIMIZERS, SCHEDULES
+
+    errs += _choice("optim.name", o.name, OPTIMIZERS) + _choice("optim.schedule", o.schedule, SCHEDULES)
+    if not 0 < o.epoch_decay <= 1:
+        errs.append(f"optim.epoch_decay: {o.epoch_decay} must be in (0, 1]")
+    elif o.schedule != "constant_decay" and o.epoch_decay != OptimConfig.epoch_decay:
+        # like unread_knobs: a knob nothing reads would train the same model under another arm id
+        errs.append(f"optim.epoch_decay: {o.epoch_decay!r} is read only by optim.schedule constant_decay; this trial "
+                    f"(optim.schedule {o.schedule}) does not read it, so it would train the same model under another "
+                    f"arm id: remove it, or set optim.schedule: constant_decay")
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(t, name) < 1:
             errs.append(f"train.{name}: {getattr(t, name)} must be >= 1")

@@ -289,6 +289,9 @@ CASES = [
     case("knob-not-read-by-variant", validate("loss.align=kl", "vae.latent_dim=64"),
          "vae.latent_dim: 64 is read only by loss.align vae; this trial (family clip4clip, task retrieval, "
          "loss.align kl) does not read it"),
+    case("epoch-decay-not-read", validate("optim.epoch_decay=0.9"),
+         "optim.epoch_decay: 0.9 is read only by optim.schedule constant_decay; this trial (optim.schedule "
+         "warmup_cosine) does not read it", group="trial-2"),
     case("search-crosses-baseline", validate("search.grid={loss.alpha: [0.05, 0.1]}",
                                              "search.combinations=[{loss.align: none}, {}]"),
          "search: rows {'loss.align': 'none', 'loss.alpha': 0.05}, {'loss.align': 'none', 'loss.alpha': 0.1} give "

@@ -99,15 +99,20 @@ def test_shift_makes_next_token_labels_and_ignores_padding():
     assert labels.tolist() == [[10, 11, 49407], [12, 49407, IGNORE]]
 
 
-def test_caption_loss_is_label_smoothed_cross_entropy_over_real_tokens_only():
+def test_caption_loss_is_cocaps_label_smoothed_kl_over_real_tokens_only():
+    """CoCap's LabelSmoothingLoss (loss_function.py): per real token KL(q || p), q = 1-ε on the true token and
+    ε/(V-1) on every other token (padding id 0 included); here the mean over the real tokens."""
     torch.manual_seed(0)
-    logits, labels = torch.randn(2, 3, 7), torch.tensor([[1, 2, 3], [4, IGNORE, IGNORE]])
-    eps, got = 0.1, caption_loss(logits, labels, 0.1)
-    terms = []
-    for b, t in [(0, 0), (0, 1), (0, 2), (1, 0)]:  # the obvious way: per real token, (1-ε)·NLL + ε·mean NLL
-        logp = logits[b, t].log_softmax(-1)
-        terms.append((1 - eps) * -logp[labels[b, t]] + eps * -logp.mean())
-    torch.testing.assert_close(got, torch.stack(terms).mean())
+    logits, labels = torch.randn(2, 3, 7), torch.tensor([[1, 2, 0], [4, IGNORE, IGNORE]])
+    for eps in (0.1, 0.0):
+        terms = []
+        for b, t in [(0, 0), (0, 1), (0, 2), (1, 0)]:  # the obvious way: the target distribution written out
+            logp = logits[b, t].double().log_softmax(-1)
+            q = [1 - eps if v == labels[b, t] else eps / 6 for v in range(7)]
+            terms.append(sum(qv * (math.log(qv) - float(logp[v])) for v, qv in enumerate(q) if qv > 0))
+        torch.testing.assert_close(caption_loss(logits, labels, eps), torch.tensor(sum(terms) / 4, dtype=torch.float32))
+    no_smoothing = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    torch.testing.assert_close(caption_loss(logits, labels, 0.0), no_smoothing)
 
 
 def test_most_frequent_caption_counts_every_training_pair():
@@ -283,3 +288,83 @@ def test_run_without_java_stops_before_ray_and_creates_nothing(tmp_path):
     assert "needs Java" in out.stderr and "nothing was trained" in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
     assert "Ray" not in out.stdout
+
+
+def test_decoding_projects_only_the_last_position_with_the_same_logits():
+    dec = small_decoder(vocab=30)
+    frames, mask = dec.encode_frames(torch.randn(2, 3, 12)), torch.tensor([[True, True, False], [True] * 3])
+    tokens = torch.randint(0, 30, (2, 5))
+    torch.testing.assert_close(dec(frames, mask, tokens, last_only=True), dec(frames, mask, tokens)[:, -1])
+
+
+class ScriptedDecoder(torch.nn.Module):
+    """log p(next | prefix) from a table of prefixes, else EOS at 0.001 and the rest uniform (no ties with EOS);
+    records every batch of prefixes it sees."""
+
+    def __init__(self, vocab: int, table: dict[tuple[int, ...], dict[int, float]]):
+        super().__init__()
+        self.vocab, self.table, self.calls = vocab, table, []
+        self.default = {EOS: 0.001}
+
+    def forward(self, frame_tokens, frame_mask, tokens, last_only=False):
+        assert last_only
+        rows = [tuple(r) for r in tokens.tolist()]
+        self.calls.append(rows)
+        out = torch.full((len(rows), self.vocab), 1.0 / self.vocab)
+        for i, row in enumerate(rows):
+            given = self.table.get(row, self.default)
+            out[i] = (1 - sum(given.values())) / (self.vocab - len(given))
+            for token, prob in given.items():
+                out[i, token] = prob
+        return out.log()
+
+
+def test_beam_search_keeps_beam_size_live_hypotheses_finished_ones_go_aside():
+    """As fairseq / UniVL: a hypothesis that ends takes no beam slot, so every step after the first extends
+    beam_size distinct live prefixes (none ending in EOS) until beam_size have finished or max_length."""
+    vocab, k = 12, 3
+    # EOS is the most likely first token: a shrinking beam would go on with 2 live hypotheses
+    table = {(BOS,): {EOS: 0.5}}
+    dec = ScriptedDecoder(vocab, table)
+    frames, mask = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
+    beam_search(dec, frames, mask, BOS, EOS, 6, beam_size=k, length_penalty=1.0)
+    assert [len(set(rows)) for rows in dec.calls[:1]] == [1]  # BOS alone
+    for rows in dec.calls[1:]:
+        assert len(set(rows)) == k and not any(r[-1] == EOS for r in rows), rows
+    assert len(dec.calls) == 5  # steps 1..5: max_length 6, fewer than 3 had finished before
+
+
+def test_beam_search_finds_the_caption_a_shrinking_beam_would_lose():
+    """EOS first (p 0.5) fills a slot; the better caption starts with the third most likely token (normalised by
+    length it beats ending at once): a beam of 2 that shrank would keep only token 0 and miss it."""
+    vocab = 8
+    table = {(BOS,): {EOS: 0.5, 0: 0.3, 1: 0.15}, (BOS, 1): {2: 0.99, EOS: 0.001}, (BOS, 1, 2): {3: 0.99, EOS: 0.001},
+             (BOS, 1, 2, 3): {EOS: 0.99}}
+    dec = ScriptedDecoder(vocab, table)
+    frames, mask = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
+    assert beam_search(dec, frames, mask, BOS, EOS, 8, beam_size=2, length_penalty=1.0) == [[1, 2, 3]]
+
+
+def test_captioner_trains_its_copies_of_clips_token_embedding_at_clips_rate(caption_doc):
+    """CoCap gives its word embeddings and LM-head weight CLIP's learning rate (cocap_trainer.py pretrained_modules);
+    the output bias is new."""
+    model = build_captioner(trial_from_dict(caption_doc))
+    groups = {name: {id(p) for p in ps} for name, ps in model.param_groups().items()}
+    d = model.decoder
+    assert {id(d.word.weight), id(d.out.weight)} <= groups["clip"]
+    assert id(d.out.bias) in groups["new"] and not groups["clip"] & groups["new"]
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert groups["clip"] | groups["new"] == trained
+
+
+def test_captioning_study_uses_cocaps_optimiser_and_the_demo_retrievals():
+    from calm_study.config import OptimConfig
+    from calm_study.study.spec import expand, load_study
+
+    for t in expand(load_study("studies/captioning.yaml")):
+        o = t.config.optim
+        assert (o.name, o.lr_clip, o.lr_new, o.weight_decay, o.betas, o.eps, o.schedule, o.warmup_fraction,
+                o.epoch_decay, o.grad_clip) == ("bertadam", 1e-6, 1e-4, 0.01, (0.9, 0.999), 1e-6, "constant_decay",
+                                                0.1, 0.95, 1.0)
+    for t in expand(load_study("studies/captioning.yaml", "demo")):  # 180 steps: BertAdam's uncorrected start
+        assert t.config.optim == OptimConfig(lr_clip=4e-3, lr_new=4e-3, warmup_fraction=0.05)

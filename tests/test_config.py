@@ -144,3 +144,21 @@ def test_study_errors_are_collected(tmp_path):
     text = "\n".join(problems(load_study, f))
     assert "anchors.count: 500 is more than the 157 labels" in text and "with search values" in text
     assert "did you mean 'quick'" in problems(load_study, f, preset="quik")[0]
+
+
+def test_optimiser_and_schedule_names_and_epoch_decay_are_checked():
+    text = "\n".join(problems(trial_from_dict, {"optim": {"name": "adam", "schedule": "constant-decay",
+                                                          "epoch_decay": 1.5}}))
+    assert "optim.name: 'adam' is not valid (did you mean 'adamw'?); valid: adamw, bertadam" in text
+    assert ("optim.schedule: 'constant-decay' is not valid (did you mean 'constant_decay'?); valid: warmup_cosine, "
+            "constant_decay") in text
+    assert "optim.epoch_decay: 1.5 must be in (0, 1]" in text
+    cfg = trial_from_dict({"optim": {"name": "bertadam", "schedule": "constant_decay", "epoch_decay": 0.9}})
+    assert (cfg.optim.name, cfg.optim.schedule, cfg.optim.epoch_decay) == ("bertadam", "constant_decay", 0.9)
+
+
+def test_epoch_decay_without_the_schedule_that_reads_it_is_refused():
+    (err,) = problems(trial_from_dict, {"optim": {"epoch_decay": 0.9}})
+    assert err.startswith("optim.epoch_decay: 0.9 is read only by optim.schedule constant_decay; this trial "
+                          "(optim.schedule warmup_cosine) does not read it")
+    trial_from_dict({"optim": {"epoch_decay": 0.95}})  # its default is never refused

@@ -107,3 +107,104 @@ def test_demo_setting_learns_well_above_chance(data_cache):
     n_test_videos = trial.config.data.synthetic.num_test_videos
     chance = 100.0 / n_test_videos
     assert metrics["eval/plain_test/t2v_R1"] >= 3 * chance
+
+
+def schedule_lrs(total_steps, **kw) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, total_steps, **kw)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_warmup_cosine_is_the_default_schedule_unchanged():
+    assert schedule_lrs(100, warmup_fraction=0.1) == schedule_lrs(100, warmup_fraction=0.1, schedule="warmup_cosine",
+                                                                  epochs=5, epoch_decay=0.5)
+
+
+def test_constant_decay_schedule_warms_up_holds_then_decays_per_epoch():
+    """CoCap: BertAdam's warmup_constant over warmup_fraction of the steps, times 1 in the first int(warmup_fraction x
+    epochs) epochs and epoch_decay^(e - held) from then on (epoch e counted from 0)."""
+    lrs = schedule_lrs(60, warmup_fraction=0.2, schedule="constant_decay", epochs=6, epoch_decay=0.9)  # 10 per epoch
+    assert lrs[:12] == pytest.approx([(s + 1) / 12 for s in range(12)])  # 12 warmup steps
+    assert lrs[12:20] == pytest.approx([1.0] * 8)  # epoch 1 < held = int(0.2 x 6) = 1 ... still held
+    for e in range(2, 6):
+        assert lrs[10 * e: 10 * e + 10] == pytest.approx([0.9 ** (e - 1)] * 10)
+    # CoCap's 20 epochs: constant (after warm-up) for epochs 0-1, then 0.95, 0.95², ...
+    lrs = schedule_lrs(200, warmup_fraction=0.1, schedule="constant_decay", epochs=20, epoch_decay=0.95)
+    assert lrs[19] == pytest.approx(1.0) and lrs[20:30] == pytest.approx([1.0] * 10)
+    assert lrs[30] == pytest.approx(0.95) and lrs[-1] == pytest.approx(0.95 ** 17)
+
+
+def slow_bertadam(params, grads, steps, lr, betas, eps, wd, clip):
+    """BertAdam written out element by element (CoCap optimization.py), for `steps` steps with fixed gradients."""
+    out = []
+    for p0, g0 in zip(params, grads):
+        p, m, v = p0.flatten().tolist(), [0.0] * p0.numel(), [0.0] * p0.numel()
+        norm = math.sqrt(sum(x * x for x in g0.flatten().tolist()))
+        g = [x * min(1.0, clip / (norm + 1e-6)) if clip > 0 else x for x in g0.flatten().tolist()]
+        for _ in range(steps):
+            for i in range(len(p)):
+                m[i] = betas[0] * m[i] + (1 - betas[0]) * g[i]
+                v[i] = betas[1] * v[i] + (1 - betas[1]) * g[i] * g[i]
+                p[i] -= lr * (m[i] / (math.sqrt(v[i]) + eps) + wd * p[i])
+        out.append(torch.tensor(p, dtype=torch.float64).view_as(p0))
+    return out
+
+
+def test_bertadam_matches_a_hand_written_update():
+    from calm_study.training.optim import BertAdam
+
+    torch.manual_seed(0)
+    start = [torch.randn(3, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    grads = [torch.randn(3, 4, dtype=torch.float64) * 2.0, torch.randn(5, dtype=torch.float64) * 0.1]  # clipped, not
+    for clip in (1.0, 0.0):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = BertAdam([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=0.01,
+                       betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, max_grad_norm=clip)
+        for _ in range(4):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        want = slow_bertadam(start[:1], grads[:1], 4, 0.01, (0.9, 0.999), 1e-6, 0.01, clip)
+        want += slow_bertadam(start[1:], grads[1:], 4, 0.01, (0.9, 0.999), 1e-6, 0.0, clip)
+        for p, w in zip(params, want):
+            torch.testing.assert_close(p.detach(), w)
+
+
+def test_bertadam_clips_each_tensor_so_the_step_skips_the_global_clip():
+    """Two gradients of norm 0.8: per tensor nothing is clipped, the global norm 1.13 would be; update() must leave
+    the clipping to BertAdam (CoCap sets no global clip)."""
+    from calm_study.training.fit import update
+    from calm_study.training.optim import BertAdam
+
+    def run(optimizer_cls, **kw):
+        a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+        model = torch.nn.ParameterList([a, b])
+        opt = optimizer_cls([a, b], lr=0.1, **kw)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        loss = (a * torch.tensor([0.8, 0.0])).sum() + (b * torch.tensor([0.0, 0.8])).sum()
+        update(model, loss, opt, sched, grad_clip=1.0)
+        return torch.cat([a.grad, b.grad])
+
+    torch.testing.assert_close(run(BertAdam, max_grad_norm=1.0), torch.tensor([0.8, 0.0, 0.0, 0.8]))
+    clipped = run(torch.optim.AdamW)  # AdamW: the global clip
+    assert float(clipped.norm()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_optimiser_follows_optim_name(tiny_doc):
+    from calm_study.models.families import build_model
+    from calm_study.training.optim import BertAdam, build_optimizer
+
+    tiny_doc["optim"] = {"name": "bertadam", "betas": [0.9, 0.999], "weight_decay": 0.01, "grad_clip": 0.5}
+    cfg = trial_from_dict(tiny_doc)
+    opt = build_optimizer(build_model(cfg), cfg.optim)
+    assert isinstance(opt, BertAdam)
+    assert {(g["betas"], g["max_grad_norm"], g["eps"]) for g in opt.param_groups} == {((0.9, 0.999), 0.5, 1e-6)}
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.01}  # none on biases, norms and scalars
+    tiny_doc["optim"] = {}
+    cfg = trial_from_dict(tiny_doc)
+    assert type(build_optimizer(build_model(cfg), cfg.optim)) is torch.optim.AdamW

@@ -54,8 +54,11 @@ class CaptionDecoder(nn.Module):
         """Frame features (B, T, D) -> frame tokens (B, T, W), computed once per video for decoding."""
         return self.frame_in(frames)
 
-    def forward(self, frame_tokens: torch.Tensor, frame_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """frame_tokens (B, T, W), frame_mask (B, T) True = a real frame, tokens (B, L) -> logits (B, L, V)."""
+    def forward(self, frame_tokens: torch.Tensor, frame_mask: torch.Tensor, tokens: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        """frame_tokens (B, T, W), frame_mask (B, T) True = a real frame, tokens (B, L) -> logits (B, L, V), or with
+        last_only the last position's (B, V): decoding needs only the next token, and the output layer onto CLIP's
+        49,408 tokens is the largest matrix product of a step."""
         (b, n_f, w), n_t = frame_tokens.shape, tokens.shape[1]
         dev = tokens.device
         frames = frame_tokens + sinusoidal(n_f, w, dev) + self.token_type.weight[0]
@@ -67,12 +70,12 @@ class CaptionDecoder(nn.Module):
         blocked[n_f:, n_f:] = torch.ones(n_t, n_t, dtype=torch.bool, device=dev).triu(1)  # text: causal
         padding = torch.cat([~frame_mask.bool(), torch.zeros(b, n_t, dtype=torch.bool, device=dev)], dim=1)  # (B, S)
         h = self.blocks(x, mask=blocked, src_key_padding_mask=padding)  # (B, T + L, W)
-        return self.out(h[:, n_f:])  # (B, L, V)
+        return self.out(h[:, -1]) if last_only else self.out(h[:, n_f:])  # (B, V) | (B, L, V)
 
 
 def _next_log_probs(decoder: CaptionDecoder, frame_tokens: torch.Tensor, frame_mask: torch.Tensor,
                     seqs: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(decoder(frame_tokens, frame_mask, seqs)[:, -1].float(), dim=-1)  # (N, V)
+    return F.log_softmax(decoder(frame_tokens, frame_mask, seqs, last_only=True).float(), dim=-1)  # (N, V)
 
 
 @torch.no_grad()
@@ -101,33 +104,51 @@ def _strip(ids: list[int], eos: int) -> list[int]:
 @torch.no_grad()
 def beam_search(decoder: CaptionDecoder, frame_tokens: torch.Tensor, frame_mask: torch.Tensor, bos: int, eos: int,
                 max_length: int, beam_size: int, length_penalty: float = 1.0) -> list[list[int]]:
-    """Per video, the hypothesis with the best log p / length^length_penalty among those that reached EOS (or
-    max_length). At every step each live beam is extended by its best tokens and the beam_size best continuations
-    stay live; a continuation ending in EOS is set aside as finished. With beam_size 1 this is greedy decoding."""
+    """Per video, the hypothesis with the best log p / length^length_penalty among the finished ones (length: the
+    tokens after BOS, EOS included).
+
+    As fairseq's and UniVL's beam search, the beam never shrinks: every step extends the beam_size live hypotheses by
+    every token and ranks the continuations; one ending in EOS among the beam_size best is set aside as finished, and
+    the beam_size best that do not end in EOS stay live (of the 2·beam_size best continuations at most beam_size end in
+    EOS, one per live hypothesis, so beam_size others are always there). A video is done once it holds beam_size
+    finished hypotheses; at max_length the beam_size best continuations finish, cut. With beam_size 1 this is greedy
+    decoding."""
     b, k, dev = frame_tokens.shape[0], beam_size, frame_tokens.device
     frames = frame_tokens.repeat_interleave(k, dim=0)  # (B·K, T, W)
     mask = frame_mask.repeat_interleave(k, dim=0)  # (B·K, T)
     seqs = torch.full((b * k, 1), bos, dtype=torch.long, device=dev)  # (B·K, t)
     scores = torch.full((b, k), -math.inf, device=dev)
-    scores[:, 0] = 0.0  # one live beam to start with
+    scores[:, 0] = 0.0  # one live hypothesis to start with
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    done = [False] * b
     for step in range(1, max_length):
         logp = _next_log_probs(decoder, frames, mask, seqs).view(b, k, -1)  # (B, K, V)
+        vocab = logp.shape[-1]
         cand = (scores[:, :, None] + logp).view(b, -1)  # (B, K·V)
-        top, idx = cand.topk(k, dim=-1)  # (B, K)
-        beam, token = idx // logp.shape[-1], idx % logp.shape[-1]
-        seqs = torch.cat([seqs.view(b, k, -1).gather(1, beam[:, :, None].expand(-1, -1, seqs.shape[1])),
-                          token[:, :, None]], dim=2).view(b * k, -1)
-        scores = top.clone()
-        ended = token == eos
+        top, idx = cand.topk(min(2 * k, cand.shape[-1]), dim=-1)  # (B, 2K), best first
         last = step == max_length - 1
-        for i in range(b):
-            for j in range(k):
-                if math.isfinite(float(top[i, j])) and (bool(ended[i, j]) or last):
-                    length = seqs.shape[1] - 1  # tokens after BOS, EOS included
-                    finished[i].append((float(top[i, j]) / length ** length_penalty,
-                                        _strip(seqs[i * k + j].tolist(), eos)))
-        scores[ended] = -math.inf  # a finished hypothesis is no longer extended
-        if bool(torch.isinf(scores).all()):
+        keep_beam = torch.zeros(b, k, dtype=torch.long)  # (B, K): which hypothesis each live one extends
+        keep_token = torch.full((b, k), eos, dtype=torch.long)  # (B, K): by which token
+        keep_score = torch.full((b, k), -math.inf)  # (B, K): -inf = no live hypothesis in this slot
+        rows = seqs.view(b, k, -1).tolist()
+        for i, (tops, ids) in enumerate(zip(top.tolist(), idx.tolist())):
+            live = 0
+            for rank, (score, flat) in enumerate(zip(tops, ids)):
+                if done[i] or not math.isfinite(score):
+                    break
+                beam, token = divmod(flat, vocab)
+                if token == eos or last:
+                    if rank < k:  # among the beam_size best: finished (step = tokens after BOS)
+                        finished[i].append((score / step ** length_penalty, _strip(rows[i][beam] + [token], eos)))
+                elif live < k:
+                    keep_beam[i, live], keep_token[i, live], keep_score[i, live] = beam, token, score
+                    live += 1
+            done[i] = done[i] or len(finished[i]) >= k or live == 0
+        if all(done):
             break
+        keep_beam, keep_token = keep_beam.to(dev), keep_token.to(dev)
+        seqs = torch.cat([seqs.view(b, k, -1).gather(1, keep_beam[:, :, None].expand(-1, -1, seqs.shape[1])),
+                          keep_token[:, :, None]], dim=2).view(b * k, -1)
+        scores = keep_score.to(dev)
+        scores[torch.tensor(done, device=dev)] = -math.inf
     return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]

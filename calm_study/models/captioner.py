@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from calm_study.config import CaptionConfig, TrialConfig
 from calm_study.models.backbone import CLIPBackbone
@@ -23,6 +24,7 @@ from calm_study.models.caption_decoder import CaptionDecoder, beam_search, greed
 from calm_study.models.clip_family import CLIPFamily
 from calm_study.models.registry import Family
 from calm_study.models.temporal import masked_mean
+from calm_study.names import LR_GROUPS
 
 IGNORE = -100  # label of a position after EOS (padding): no loss
 
@@ -81,6 +83,17 @@ class Captioner(CLIPFamily):
             text = self.caption_features(batch)  # (B, D): S_p's caption feature, training only
             out.update(self.calm(masked_mean(h, batch["mask"]), text, self.backbone.encode_text, vae_noise))
         return out
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The shared groups, except that the decoder's word embedding and output weights, copies of CLIP's token
+        embedding, learn at CLIP's rate (optim.lr_clip) as in CoCap, whose `pretrained_modules` (the CLIP encoder, the
+        word embeddings, the LM head's weight) get CLIP_LR (`mm_video/trainer/cocap_trainer.py:81-91, 135-139`). The
+        output layer's bias is new (CoCap's `prediction_head.bias`)."""
+        groups = super().param_groups()
+        clip_group, new_group = LR_GROUPS
+        copied = {id(self.decoder.word.weight), id(self.decoder.out.weight)}
+        return {clip_group: groups[clip_group] + [p for p in groups[new_group] if id(p) in copied],
+                new_group: [p for p in groups[new_group] if id(p) not in copied]}
 
     @torch.no_grad()
     def generate(self, frames: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None

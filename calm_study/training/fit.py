@@ -53,10 +53,11 @@ def step_terms(task: Task, model: VideoTextModel, out: dict, weights: dict[str, 
 
 def update(model: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler,
            grad_clip: float) -> None:
-    """One optimisation step from a batch's total loss: backward, clip the global gradient norm, AdamW, schedule."""
+    """One optimisation step from a batch's total loss: backward, clip the global gradient norm (unless the optimiser
+    clips itself: BertAdam clips each tensor, as CoCap), the optimiser's step, schedule."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
+    if grad_clip > 0 and not getattr(optimizer, "clips_gradients", False):
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
@@ -119,7 +120,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     eval_sets = {ref.label: items(task.eval_items, ref) for ref in d.eval} if rank == 0 else {}
 
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, t.epochs * len(loader), cfg.optim.warmup_fraction)
+    scheduler = build_scheduler(optimizer, t.epochs * len(loader), cfg.optim.warmup_fraction, cfg.optim.schedule,
+                                t.epochs, cfg.optim.epoch_decay)
     start_epoch = 0
     if resume_dir is not None:
         start_epoch = restore(resume_dir, cfg, model, optimizer, scheduler, rank, world_size, device,

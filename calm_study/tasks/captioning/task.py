@@ -9,6 +9,7 @@ always answering the most frequent training caption: a trained model must clear 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -27,9 +28,18 @@ from calm_study.tasks.captioning.metrics import caption_metrics
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Mean label-smoothed cross-entropy over the caption tokens: logits (B, L, V), labels (B, L), IGNORE = padding."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
-                           label_smoothing=label_smoothing)
+    """Label-smoothed loss over the caption tokens, mean over the real tokens: logits (B, L, V), labels (B, L),
+    IGNORE = padding. CoCap's form (`mm_video/modeling/compressed_video/loss_function.py:19-48`): per token, KL(q || p)
+    with q = 1 - ε on the true token and ε / (V - 1) on every other token of the vocabulary (torch's label_smoothing
+    would give ε / V to every token, the true one included). KL = Σ q log q - Σ q log p; the first term is constant."""
+    eps, vocab = label_smoothing, logits.shape[-1]
+    keep = labels.flatten() != IGNORE
+    logp = F.log_softmax(logits.flatten(0, 1)[keep].float(), dim=-1)  # (N, V), N real tokens
+    true = logp.gather(1, labels.flatten()[keep][:, None])[:, 0]  # (N,)
+    other = eps / (vocab - 1)
+    cross = -(1 - eps) * true - other * (logp.sum(-1) - true)  # (N,): -Σ_v q_v log p_v
+    entropy = sum(w * math.log(w) * n for w, n in ((1 - eps, 1), (other, vocab - 1)) if w > 0)  # Σ_v q_v log q_v
+    return (cross + entropy).mean()
 
 
 def most_frequent_caption(records: Sequence[VideoRecord]) -> str:
