@@ -6,7 +6,6 @@ config's problems are reported all at once. A leaf: imports nothing from calm_st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,5 +33,6 @@ def fraction(path: str, value: float, closed: bool = False) -> list[str]:
     return [f"{path}: {value} must be in [0, 1{']' if closed else ')'}"]
 
 
-def finite(path: str, value: float) -> list[str]:
-    return [] if math.isfinite(value) else [f"{path}: {value} must be a finite number"]
+def no_problems(cfg: object) -> list[str]:
+    """The check of a registry entry whose knobs need none."""
+    return []

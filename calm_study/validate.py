@@ -7,18 +7,11 @@ choices is spelled once, where the thing it names is built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from calm_study.checks import at_least, positive
+from calm_study.checks import at_least, one_of, positive
 from calm_study.config import DataConfig, OptimConfig, TrialConfig, calm_enabled
 from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, set_path, to_dict
 from calm_study.names import LR_GROUPS, PRECISIONS, lr_column
-
-
-def _choice(path: str, value: Any, valid: list[str] | tuple[str, ...]) -> list[str]:
-    from calm_study.checks import one_of
-
-    return one_of(path, value, list(valid))
 
 
 def check_trial(cfg: TrialConfig) -> list[str]:
@@ -33,9 +26,9 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     from calm_study.models.families import FAMILIES, list_families
     from calm_study.tasks import TASKS, list_tasks
 
-    errs = _choice("task", cfg.task, list_tasks()) + _choice("model.family", cfg.model.family, list_families())
-    errs += _choice("loss.align", cfg.loss.align, list_align_losses())
-    errs += _choice("train.precision", cfg.train.precision, PRECISIONS)
+    errs = one_of("task", cfg.task, list_tasks()) + one_of("model.family", cfg.model.family, list_families())
+    errs += one_of("loss.align", cfg.loss.align, list_align_losses())
+    errs += one_of("train.precision", cfg.train.precision, PRECISIONS)
     family, task = FAMILIES.get(cfg.model.family), TASKS.get(cfg.task)
     align_known = cfg.loss.align in list_align_losses()
     if family is not None and task is not None:
@@ -47,7 +40,7 @@ def check_trial(cfg: TrialConfig) -> list[str]:
             errs += unread_knobs(cfg)
     errs += (task.check(cfg) if task else []) + (family.check(cfg) if family else [])
     if calm_enabled(cfg):
-        errs += check_calm(cfg) + _choice("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
+        errs += check_calm(cfg) + one_of("anchors.encode", cfg.anchors.encode, ENCODE_MODES)
         if cfg.model.frozen and cfg.anchors.encode == "every_step":
             errs.append("anchors.encode: every_step sends the anchor prompts through the text encoder at every step "
                         "so that the encoder learns from CALM's loss; model.frozen keeps the encoders fixed (their "
@@ -125,7 +118,7 @@ def _check_shared(cfg: TrialConfig) -> list[str]:
         errs.append(f"optim.warmup_fraction: {o.warmup_fraction} must be in [0, 1)")
     from calm_study.training.optim import OPTIMIZERS, SCHEDULES
 
-    errs += _choice("optim.name", o.name, OPTIMIZERS) + _choice("optim.schedule", o.schedule, SCHEDULES)
+    errs += one_of("optim.name", o.name, OPTIMIZERS) + one_of("optim.schedule", o.schedule, SCHEDULES)
     if not 0 < o.epoch_decay <= 1:
         errs.append(f"optim.epoch_decay: {o.epoch_decay} must be in (0, 1]")
     elif o.schedule != "constant_decay" and o.epoch_decay != OptimConfig.epoch_decay:
@@ -187,17 +180,17 @@ def _check_data(d: DataConfig) -> list[str]:
     from calm_study.data.readers import READERS
     from calm_study.data.video import DECODERS
 
-    errs = _choice("data.decoder", d.decoder, DECODERS) + _choice("data.on_error", d.on_error, FAILURE_POLICIES)
+    errs = one_of("data.decoder", d.decoder, DECODERS) + one_of("data.on_error", d.on_error, FAILURE_POLICIES)
     for i, ref in enumerate((d.train, *d.eval)):
         where = "data.train" if i == 0 else f"data.eval[{i - 1}]"
-        bad = _choice(f"{where}.dataset", ref.dataset, list(READERS))  # registry order: synthetic, didemo, ...
+        bad = one_of(f"{where}.dataset", ref.dataset, list(READERS))  # registry order: synthetic, didemo, ...
         errs += bad
         if bad:
             continue
         entry = READERS[ref.dataset]
-        errs += _choice(f"{where}.split", ref.split, entry.splits)
+        errs += one_of(f"{where}.split", ref.split, entry.splits)
         if entry.domains:  # a dataset without domains ignores DatasetRef.domain
-            errs += _choice(f"{where}.domain", ref.domain, entry.domains)
+            errs += one_of(f"{where}.domain", ref.domain, entry.domains)
         # Where a dataset lives is not part of a valid config: `run` checks it before Ray starts (data/sources.py
         # preflight, the same message as `data check`), so a study validates on any machine.
     for key in list(d.roots) + list(d.video_dirs):

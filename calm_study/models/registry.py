@@ -12,15 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from calm_study.checks import no_problems
 from calm_study.config import TrialConfig
 
 Bank = torch.Tensor | dict[str, torch.Tensor]
 # (n_text, n_video, num_frames, width, cfg, generator) -> (text bank, video bank) with the family's keys and shapes
 RandomBanks = Callable[[int, int, int, int, TrialConfig, torch.Generator], tuple[Bank, Bank]]
-
-
-def no_problems(cfg: TrialConfig) -> list[str]:
-    return []
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from calm_study.checks import no_problems
 from calm_study.config import TrialConfig
-
-
-def no_problems(cfg: TrialConfig) -> list[str]:
-    return []
 
 
 @dataclass(frozen=True)
