@@ -41,7 +41,12 @@ class EpochRecord(TypedDict, total=False):
     eval_s: float  # seconds of evaluation after it
     logged_at: float  # Unix time the line was logged (added by the Ray controller)
     train_skipped_videos: int  # training videos dropped under data.on_error skip
-    checkpoint: str | None  # the epoch's checkpoint (added by the Ray controller)
+    checkpoint: str | None  # the epoch's checkpoint in storage (added where the epoch is logged)
+    # Where a trial's time goes outside training and evaluation (docs/performance.md, "Where a study's time goes"):
+    setup_s: float  # the first epoch after each (re)start only: seconds from the trial's process taking it up to fit()
+    #                 having built the model, the task and the data (the first training step comes next)
+    checkpoint_s: float  # seconds writing the epoch's checkpoint (and, trained in the trial's process, storing it)
+    checkpoint_bytes: int  # its size
 
 
 # Named parameter groups, each with its own learning rate (optim.lr_<group>): CLIP's encoders and the new modules.
@@ -109,7 +114,11 @@ def regime(frozen: bool) -> str:
 # ---- trials, runs and storage -----------------------------------------------------------------------------------
 RUN_PREFIX = "train-"
 TUNE_FOLDER = "tune"  # <storage>/<study>/tune/: Ray Tune's experiment
-TRAIN_FOLDER = "train"  # <storage>/<study>/train/train-<key>/: Ray Train checkpoints and the metric log
+TRAIN_FOLDER = "train"  # <storage>/<study>/train/train-<key>/: the trial's checkpoints and its metric log
+CHECKPOINT_PREFIX = "checkpoint_"  # a checkpoint folder in a run folder (Ray Train's and calm_study's own)
+# resources.launch: how a trial trains. auto: a 1-worker trial trains in its Tune trial's own process, a multi-worker
+# trial through Ray Train; ray_train: every trial through Ray Train (its controller and worker group).
+LAUNCHES = ("auto", "ray_train")
 MANIFEST = "manifest.json"  # <storage>/<study>/manifest.json
 TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
 METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
@@ -121,6 +130,8 @@ EPOCH_RECORD_FILE = "epoch.json"
 # <results_dir>/<study>/_captions.json: each trial's decoded samples at its last epoch. The leading "_" keeps it out of
 # pd.read_parquet("results") (pyarrow skips names starting with "_" or ".").
 SAMPLES_FILE = "_captions.json"
+# <results_dir>/<study>/_timing.jsonl: one line per `run`, where its time went (study/timing.py)
+TIMING_FILE = "_timing.jsonl"
 
 
 def trial_key(arm_id: str, seed: int) -> str:

@@ -120,17 +120,25 @@ def test_driver_sigkill_mid_epoch_then_rerun_resumes(tmp_path, data_cache):
     check_complete(tmp_path, "killed", trials=2, epochs=4)
 
 
-def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, data_cache):
-    path = write_study(tmp_path, data_cache, "worker", epochs=4, combinations=[{"anchors.count": 20}])
+# The process that trains: the trial's own (resources.launch auto, 1 worker), or Ray Train's worker.
+TRAINING_PROCESS = {"auto": "ray::ImplicitFunc", "ray_train": "ray::RayTrainWorker"}
+
+
+@pytest.mark.parametrize("launch", ["auto", "ray_train"])
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, data_cache, launch):
+    path = write_study(tmp_path, data_cache, "worker", epochs=4, combinations=[{"anchors.count": 20}],
+                       resources={"num_workers": 1, "cpus_per_worker": 0.99, "max_concurrent": 2, "launch": launch})
     proc = start(path, tmp_path)
     wait_for(lambda: any(len(e) >= 1 for e in epoch_lines(tmp_path, "worker").values()))
-    workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
-    assert workers, "no Ray Train worker process found"
+    workers = subprocess.run(["pgrep", "-f", TRAINING_PROCESS[launch]], capture_output=True,
+                             text=True).stdout.split()
+    assert workers, f"no {TRAINING_PROCESS[launch]} process found"
     for pid in workers:
         os.kill(int(pid), signal.SIGKILL)
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
-    assert "resumed from" in out  # the new worker group started from the last checkpoint, not from scratch
+    # The trial (auto: Tune's retry of the trial; ray_train: the new worker group) started from the last checkpoint
+    assert "resumed from" in out
     assert list(epoch_lines(tmp_path, "worker").values()) == [[1, 2, 3, 4]]
     check_complete(tmp_path, "worker", trials=1, epochs=4)
 
@@ -152,18 +160,21 @@ def test_a_diverging_trial_ends_diverged_while_the_others_finish(tmp_path, data_
     assert "1 completed, 1 diverged" in status.stdout and "best epoch so far" in status.stdout
 
 
-def test_two_node_cluster_loses_a_node_and_the_study_completes(tmp_path, data_cache):
+@pytest.mark.parametrize("launch", ["auto", "ray_train"])
+def test_two_node_cluster_loses_a_node_and_the_study_completes(tmp_path, data_cache, launch):
     path = write_study(tmp_path, data_cache, "nodes", epochs=4, failures={"train_retries": 2, "trial_retries": 3},
-                       resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2})
+                       resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2, "launch": launch})
     script = tmp_path / "cluster.py"
     driver_log = tmp_path / "driver.log"
-    # The head (2 CPUs) has room for both drivers (pinned there, resources.drivers_on_head) and one Train worker
-    # (1 CPU), so the other trial's worker runs on the second node. That node is removed once both trials have logged
-    # an epoch (both mid-training); the driver's own output goes to driver.log, shown when the test fails.
+    # ray_train: the head (2 CPUs) has room for both drivers (pinned there, resources.drivers_on_head) and one Train
+    # worker (1 CPU), so the other trial's worker runs on the second node. auto: each trial trains in its own process
+    # (1 CPU), one on the head (1 CPU), one on the second node. That node is removed once both trials have logged an
+    # epoch (both mid-training); the driver's own output goes to driver.log, shown when the test fails.
+    head_cpus = 1 if launch == "auto" else 2
     script.write_text(f"""
 import subprocess, sys, time, json, pathlib
 from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2}})
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": {head_cpus}}})
 worker = cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 log = open({str(driver_log)!r}, "w")

@@ -302,3 +302,11 @@ def test_study_on_s3_killed_mid_study_resumes_and_reports(s3, s3_endpoint, tmp_p
             except ProcessLookupError:
                 pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_checkpoints_of_in_process_trials_on_s3(s3, tmp_path):
+    from calm_study.study.storage import Storage
+
+    from .test_checkpoints import check_store_latest_prune
+
+    check_store_latest_prune(Storage(f"s3://{s3.bucket}/runs"), tmp_path)

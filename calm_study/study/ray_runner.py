@@ -39,6 +39,7 @@ from calm_study.names import (
     trial_key,
 )
 from calm_study.progress import say
+from calm_study.study import checkpoints
 from calm_study.study.identity import arm_id
 from calm_study.study.optuna_export import export_optuna
 from calm_study.study.results import repair_metric_log
@@ -53,9 +54,14 @@ from calm_study.study.state import (
     check_same_study,
     check_writable,
     study_trials,
+    trial_logs,
+    tune_dir_of,
     write_study_results,
 )
 from calm_study.study.storage import Storage
+from calm_study.study.timing import TrialTimes, process_started, summarize
+from calm_study.study.timing import keep as keep_timing
+from calm_study.study.timing import lines as timing_lines
 from calm_study.study.tracking import EpochTracker, publish_settings, require_mlflow, sync_study
 from calm_study.training.fit import fit
 from calm_study.validate import trial_from_dict
@@ -146,10 +152,65 @@ def _sampled_trial(config: dict, rt: dict) -> dict:
     return trial
 
 
+def _train_in_trial(trial: dict, rt: dict, started: float) -> None:
+    """A 1-worker trial trained in this process (resources.launch auto): what the Train controller and worker do for
+    the other trials, without them. Each epoch: checkpoint into the run folder, then its log line, then the report to
+    Tune, in that order (a logged epoch is never trained again); a restart resumes from the latest stored
+    checkpoint. An exception restarts the training here up to failures.train_retries times; a lost process or node
+    is Tune's to retry (failures.trial_retries)."""
+    storage = Storage(rt["storage"])
+    key = trial["key"]
+    run_dir = storage.path(rt["study"], TRAIN_FOLDER, run_name(key))
+    log_path = storage.path(rt["study"], TRAIN_FOLDER, run_name(key), METRIC_LOG)
+    cfg = trial_from_dict(trial["trial"], f"trial {key}", check=False)  # checked once, by the driver
+    score = checkpoint_score(cfg)
+    tracking = EpochTracker(rt["storage"], log_path)
+    logging.getLogger().setLevel(logging.WARNING)  # as in a Train worker (_worker_loop)
+
+    def log(message: str) -> None:
+        say(f"[{key}] {message}")
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        record = {**metrics, "arm_id": trial["arm_id"], "seed": trial["seed"]}
+        path = None
+        if checkpoint_dir:
+            tic = time.perf_counter()
+            path = checkpoints.store(storage, run_dir, checkpoint_dir, record)
+            record["checkpoint_s"] = record.get("checkpoint_s", 0.0) + time.perf_counter() - tic
+        storage.append_line(log_path, json.dumps(log_record(record, path)))
+        tracking.after_epoch()  # after the line is durable; never raises
+        if path:
+            checkpoints.prune(storage, run_dir, score)
+        ray.tune.report(record)  # Tune's schedulers and searchers see the epoch; may stop the trial here
+
+    device = "cuda" if rt["gpus_per_worker"] > 0 else "cpu"
+    failures = 0
+    while True:
+        resume = checkpoints.latest(storage, run_dir)
+        try:
+            with checkpoints.local_folder(storage, resume) as folder:
+                for message in repair_metric_log(storage, log_path, resume and log_record(resume.record, resume.path)):
+                    log(message)
+                fit(cfg, report, device=device, resume_dir=folder, log=log, started=started)
+            return
+        except Exception as e:  # noqa: BLE001 - any fault of one attempt; retried like a failed Train worker group
+            failures += 1
+            if 0 <= rt["train_retries"] < failures:
+                raise
+            log(f"training failed ({type(e).__name__}: {e}); restarting from the last checkpoint "
+                f"(failures.train_retries {rt['train_retries']}, failure {failures})")
+            started = time.time()
+
+
 def _driver(config: dict) -> None:
-    """The Tune trainable: one TorchTrainer run per trial, named after the trial key (deterministic => resumable)."""
+    """The Tune trainable: trains the trial in this process (1 worker, resources.launch auto), or launches one
+    TorchTrainer run named after the trial key (deterministic => resumable)."""
+    started = time.time()
     rt = config["runtime"]
     trial = config["trial"] if "trial" in config else _sampled_trial(config, rt)
+    if rt.get("in_trial"):  # absent from studies begun before it existed: those keep Ray Train
+        _train_in_trial(trial, rt, started)
+        return
     name = run_name(trial["key"])
     log_path = Storage(rt["storage"]).path(rt["study"], TRAIN_FOLDER, name, METRIC_LOG)
     run_config = ray.train.RunConfig(
@@ -167,14 +228,24 @@ def _driver(config: dict) -> None:
     TorchTrainer(_worker_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config).fit()
 
 
+def checkpoint_score(cfg: TrialConfig) -> str | None:
+    """The metric that picks a trial's best checkpoint (an in-domain validation set's, higher is better), or None."""
+    val = [ref for ref in cfg.data.eval if ref.split in VAL_SPLITS and ref.dataset == cfg.data.train.dataset]
+    return eval_key(val[0].label, SELECT_METRIC[cfg.task]) if val else None
+
+
 def checkpoint_config(cfg: TrialConfig) -> ray.train.CheckpointConfig:
     """Keep only the checkpoints that matter: the latest (what resuming needs; Ray Train always keeps it) and, when an
     in-domain validation set picks a best epoch (report --epoch best), the best one by that set's metric."""
-    val = [ref for ref in cfg.data.eval if ref.split in VAL_SPLITS and ref.dataset == cfg.data.train.dataset]
-    if not val:
+    score = checkpoint_score(cfg)
+    if score is None:
         return ray.train.CheckpointConfig(num_to_keep=1)
-    return ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_order="max",
-                                      checkpoint_score_attribute=eval_key(val[0].label, SELECT_METRIC[cfg.task]))
+    return ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_order="max", checkpoint_score_attribute=score)
+
+
+# When Tune started and finished each trial in this `run` (for study/timing.py). A module global, not an attribute of
+# the callback: a restored experiment unpickles the callback it was begun with, perhaps by an older calm_study.
+RUN_TIMES = TrialTimes()
 
 
 class TrialProgress(ray.tune.Callback):
@@ -184,6 +255,16 @@ class TrialProgress(ray.tune.Callback):
     def __init__(self, total: int) -> None:
         self.total = total  # Tune creates grid trials a few at a time: pending counts the ones not created yet too
         self.last = ""
+
+    @staticmethod
+    def key(trial) -> str:
+        return trial.config.get("trial", {}).get("key", trial.trial_id)  # Optuna trials: Tune's id (their tune_dir)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        RUN_TIMES.start(self.key(trial))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        RUN_TIMES.finish(self.key(trial))
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         states = [t.status for t in trials]
@@ -196,7 +277,7 @@ class TrialProgress(ray.tune.Callback):
             say(f"trials: {line}")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        key = trial.config.get("trial", {}).get("key", trial.trial_id)
+        key = self.key(trial)
         say(f"[{key}] this attempt failed; Ray retries it up to failures.trial_retries times; `python -m calm_study "
             f"status` and the end of the run say why (--verbose shows the traceback as it happens)")
 
@@ -206,13 +287,22 @@ def planned_trials(study: Study, trials: list[Trial]) -> int:
     return study.search.num_samples if is_optuna(study) else len(trials)
 
 
+def trains_in_trial(study: Study) -> bool:
+    """Do the study's trials train in their Tune trial's own process (resources.launch auto, 1 worker)?"""
+    return study.resources.launch == "auto" and study.resources.num_workers == 1
+
+
 def driver_resources(study: Study) -> dict:
-    """What one trial's driver reserves: a token CPU, on the head node unless resources.drivers_on_head is false.
+    """What one trial's driver reserves. Training in the trial's process: the worker's CPUs and GPUs, on any node.
+    Else a token CPU, on the head node unless resources.drivers_on_head is false.
 
     The Train controller runs on its driver's node (Ray Train V2). Pinned to the head, a lost worker node kills only
     Train workers, which the living controller restarts from the checkpoint; a controller lost with its node leaves
     its workers' placement group behind, and the restarted trial can wait for those CPUs forever."""
-    if not study.resources.drivers_on_head:
+    r = study.resources
+    if trains_in_trial(study):
+        return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    if not r.drivers_on_head:
         return {"cpu": DRIVER_CPUS}
     head = [n for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})]
     if head and head[0]["Resources"].get("CPU", 0) < DRIVER_CPUS:
@@ -231,7 +321,8 @@ def _max_concurrent(study: Study) -> int:
     total = ray.cluster_resources()
     if r.gpus_per_worker > 0:
         return max(1, math.floor(total.get("GPU", 0) / (r.gpus_per_worker * r.num_workers)))
-    return max(1, math.floor(total.get("CPU", 1) / (r.cpus_per_worker * r.num_workers + DRIVER_CPUS)))
+    driver = 0.0 if trains_in_trial(study) else DRIVER_CPUS
+    return max(1, math.floor(total.get("CPU", 1) / (r.cpus_per_worker * r.num_workers + driver)))
 
 
 def _domain(kind: str, args: list):
@@ -253,7 +344,8 @@ def param_space(study: Study, trials: list[Trial]) -> dict:
     runtime = {"storage": study.storage if files.storage.is_uri else files.storage.root, "study": study.name,
                "train_uri": files.storage.uri(study.name, TRAIN_FOLDER),
                "num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
-               "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries}
+               "gpus_per_worker": r.gpus_per_worker, "train_retries": study.failures.train_retries,
+               "in_trial": trains_in_trial(study)}
     if is_optuna(study):
         runtime.update(base=to_dict(absolute_paths(study.base)), seed=study.seeds[0])
         space = parse_space(study.search.space)[0]
@@ -283,6 +375,9 @@ def tune_config(study: Study) -> ray.tune.TuneConfig:
     return ray.tune.TuneConfig(
         metric=metric_key(study), mode=study.metric.mode, max_concurrent_trials=_max_concurrent(study),
         num_samples=study.search.num_samples if is_optuna(study) else 1, search_alg=search_alg, scheduler=scheduler,
+        # One process per concurrent trial, handed from trial to trial: torch, open_clip and calm_study are imported
+        # once per slot, not once per trial (every trial of a study asks for the same resources).
+        reuse_actors=True,
         trial_dirname_creator=lambda t: t.config["trial"]["key"] if "trial" in t.config else t.trial_id)
 
 
@@ -322,6 +417,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
     verbose=False keeps Ray's own logging to errors (the console filter, study/console.py, does the rest).
     """
+    began = process_started()
     trials = expand(study)
     files = StudyFiles(study)
     # Every check first, cheapest first: nothing is moved, created or started before they have all passed.
@@ -363,9 +459,17 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
                 raise
         else:
             # The dashboard keeps the State API up, which Train V2 needs to free the placement groups of stopped
-            # trials (docs/ray.md); it also serves the jobs API, so it stays bound to localhost.
-            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, logging_level=ray_level)
+            # trials (docs/ray.md); it also serves the jobs API, so it stays bound to localhost. Trials that train in
+            # their own process start no Train run: a new study of those starts Ray without it (seconds sooner); a
+            # restored one may hold trials begun through Ray Train.
+            dashboard = not trains_in_trial(study) or ray.tune.Tuner.can_restore(files.storage.uri(study.name,
+                                                                                                  TUNE_FOLDER))
+            ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True,
+                     logging_level=ray_level)
     trainable = ray.tune.with_resources(_driver, driver_resources(study))
+    concurrency = _max_concurrent(study)
+    RUN_TIMES.started.clear()
+    RUN_TIMES.finished.clear()
     tune_uri = files.storage.uri(study.name, TUNE_FOLDER)
     if ray.tune.Tuner.can_restore(tune_uri):
         say(f"resuming study {study.name} from {tune_uri}")
@@ -383,6 +487,13 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     tuner.fit()
     trials = study_trials(study)  # Optuna studies: the configurations that were sampled
     path, status = write_study_results(study, trials)
+    tune_keys = {tune_dir_of(study, t): t.key for t in trials}  # Optuna: Tune's trial id -> trial key
+    times = TrialTimes({tune_keys.get(k, k): v for k, v in RUN_TIMES.started.items()},
+                       {tune_keys.get(k, k): v for k, v in RUN_TIMES.finished.items()})
+    figures = summarize(trial_logs(study, trials), times, began, time.time(), concurrency)
+    for line in timing_lines(figures):
+        say(line)
+    keep_timing(figures, path.parent)
     if is_optuna(study):
         say(f"Optuna database for optuna-dashboard: {export_optuna(study, trials, status)}")
     sync_study(study, trials, status)  # MLflow: every trial up to its metric log, the result files (if configured)

@@ -34,7 +34,7 @@ from calm_study.configio import (
     set_path,
     to_dict,
 )
-from calm_study.names import TASK_METRICS, eval_key, trial_key
+from calm_study.names import LAUNCHES, TASK_METRICS, eval_key, trial_key
 from calm_study.study.identity import arm_id
 from calm_study.study.search import SAMPLERS, edge_rows, parse_space
 from calm_study.validate import canonical_trial, check_trial
@@ -67,7 +67,10 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    num_workers: int = 1  # Ray Train workers (DDP ranks) per trial
+    num_workers: int = 1  # workers (DDP ranks) per trial; more than 1 always trains through Ray Train
+    # auto: a 1-worker trial trains in its Tune trial's own process (no Ray Train controller, worker group or placement
+    # group: about half a minute less per trial, docs/performance.md); ray_train: every trial through Ray Train
+    launch: str = "auto"
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     gpus_per_worker: float = 0.0  # GPUs per worker; a fraction packs trials on one GPU (only with num_workers 1)
     max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's CPUs/GPUs fit
@@ -253,6 +256,9 @@ def _check_study(s: Study) -> list[str]:
     if r.num_workers >= 1 and s.base.train.batch_size % r.num_workers:
         errs.append(f"train.batch_size: {s.base.train.batch_size} is not divisible by resources.num_workers "
                     f"{r.num_workers} (every worker takes an equal share of each global batch)")
+    if r.launch not in LAUNCHES:
+        errs.append(f"resources.launch: {r.launch!r} must be one of {', '.join(LAUNCHES)}"
+                    f"{did_you_mean(r.launch, LAUNCHES)}")
     for name in ("train_retries", "trial_retries"):
         if getattr(s.failures, name) < -1:
             errs.append(f"failures.{name}: {getattr(s.failures, name)} must be >= 0 (or -1 = without limit)")

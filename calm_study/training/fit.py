@@ -64,8 +64,11 @@ def update(model: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Op
 
 
 def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu",
-        resume_dir: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Train one trial; returns the last epoch's metrics."""
+        resume_dir: Path | None = None, log: Callable[[str], None] | None = None,
+        started: float | None = None) -> dict:
+    """Train one trial; returns the last epoch's metrics. `started` (Unix time): when the caller took the trial up,
+    for the first epoch's `setup_s` (default: now)."""
+    started = time.time() if started is None else started
     rank, world_size = world()
     log = log or (lambda msg: say(msg) if rank == 0 else None)
     device = torch.device(device)
@@ -132,6 +135,7 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     weights = {**task.term_weights(), **model.term_weights()}
 
     metrics: dict = {}
+    setup_s = time.time() - started  # reported with the first epoch of this start only
     for epoch in range(start_epoch, t.epochs):
         # Train one epoch.
         tic = time.perf_counter()
@@ -154,6 +158,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         train_s = time.perf_counter() - tic
         metrics = {"epoch": epoch + 1, **{loss_column(k): v / max(1, done_steps) for k, v in sums.items()},
                    **current_lrs(optimizer), "train_s": train_s, "train_skipped_videos": skipped.get(d.train.label, 0)}
+        if epoch == start_epoch:
+            metrics["setup_s"] = setup_s
         if not finite:
             # A diverged trial stops here and says so; raising would make Ray retry into the same NaN.
             metrics["status"] = "diverged"
@@ -179,9 +185,12 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
+                tic = time.perf_counter()
                 ckpt = save_checkpoint(Path(tmp), model=model, optimizer=optimizer, scheduler=scheduler,
                                        epoch=epoch + 1, rng=rngs or [rng_state()], cfg=cfg,
                                        frozen_weights=features.weights if features else None)
+                metrics["checkpoint_s"] = time.perf_counter() - tic
+                metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
             report(metrics, ckpt)
         headline = task.metric_names[0]
         shown = ", ".join(f"{label} {headline} {metrics[eval_key(label, headline)]:.1f}" for label in eval_sets)
