@@ -59,18 +59,24 @@ def lose_latest_epoch_line(storage: str, study: str, key: str) -> int:
     """Leave a killed trial as a crash between Ray Train registering its latest checkpoint and the epoch's log line
     would: that epoch's line goes, unless the kill already left the log without it. Returns the epoch, which the
     resumed run must log again from the checkpoint (repair_metric_log). The latest registered checkpoint is Ray's
-    own record, read through ray.train.Result."""
+    own record, read through ray.train.Result, for a trial trained through Ray Train; for one trained in its Tune
+    trial's process (resources.launch auto), the checkpoint it resumes from (study/checkpoints.py)."""
     import json
 
     import ray.train
 
     from calm_study.names import EPOCH_RECORD_FILE, METRIC_LOG, TRAIN_FOLDER, run_name
+    from calm_study.study import checkpoints
     from calm_study.study.storage import Storage
 
     st = Storage(storage)
-    latest = ray.train.Result.from_path(st.uri(study, TRAIN_FOLDER, run_name(key))).checkpoint
-    with latest.as_directory() as folder:
-        epoch = json.loads((Path(folder) / EPOCH_RECORD_FILE).read_text())["epoch"]
+    run_dir = st.path(study, TRAIN_FOLDER, run_name(key))
+    if any(name.startswith("checkpoint_manager") for name in st.list_names(run_dir)):  # Ray Train's own bookkeeping
+        latest = ray.train.Result.from_path(st.uri(study, TRAIN_FOLDER, run_name(key))).checkpoint
+        with latest.as_directory() as folder:
+            epoch = json.loads((Path(folder) / EPOCH_RECORD_FILE).read_text())["epoch"]
+    else:
+        epoch = checkpoints.latest(st, run_dir).record["epoch"]
     log = st.path(study, TRAIN_FOLDER, run_name(key), METRIC_LOG)
     lines = st.read_text(log).splitlines(keepends=True)
     if json.loads(lines[-1])["epoch"] == epoch:

@@ -52,6 +52,10 @@ def test_store_latest_prune_locally(tmp_path):
     check_store_latest_prune(Storage(str(tmp_path / "runs")), tmp_path)
 
 
+def test_store_latest_prune_on_a_file_uri(tmp_path):
+    check_store_latest_prune(Storage(f"file://{tmp_path / 'runs'}"), tmp_path)
+
+
 def test_the_same_epoch_stored_twice_keeps_the_newer_and_staging_leftovers_go(tmp_path):
     storage = Storage(str(tmp_path / "runs"))
     run = storage.path("s", "train", "train-a-s0")

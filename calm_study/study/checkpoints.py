@@ -47,7 +47,7 @@ def store(storage: Storage, run_dir: str, folder: Path, record: dict) -> str:
     """Copy a checkpoint folder into the run folder as checkpoint_<epoch>, its record last; returns its path."""
     target = _join(storage, run_dir, f"{CHECKPOINT_PREFIX}{int(record['epoch']):06d}")
     files = [f for f in sorted(folder.rglob("*")) if f.is_file() and f.name != EPOCH_RECORD_FILE]
-    if not storage.is_uri:
+    if storage.can_move:  # a local folder (a path, or file://)
         # A fresh hidden folder renamed into place: a reader never sees a half-written checkpoint under its name.
         storage.makedirs(run_dir)
         staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=run_dir)
@@ -101,11 +101,11 @@ def prune(storage: Storage, run_dir: str, score: str | None, mode: str = "max") 
         keep.add(best.path)
     for c in found:
         if c.path not in keep:
-            if storage.is_uri:
-                storage.fs.delete_dir(c.path)
-            else:
+            if storage.can_move:
                 shutil.rmtree(c.path, ignore_errors=True)
-    if not storage.is_uri:  # copies a crash interrupted
+            else:
+                storage.fs.delete_dir(c.path)
+    if storage.can_move:  # copies a crash interrupted
         for name in storage.list_names(run_dir):
             if name.startswith(STAGING_PREFIX):
                 shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
@@ -116,7 +116,7 @@ def local_folder(storage: Storage, checkpoint: StoredCheckpoint | None) -> Itera
     """The checkpoint as a local folder (downloaded from an object store into a temporary folder), or None."""
     if checkpoint is None:
         yield None
-    elif not storage.is_uri:
+    elif storage.can_move:  # a local folder
         yield Path(checkpoint.path)
     else:
         with tempfile.TemporaryDirectory(prefix="calm-ckpt-") as tmp:
