@@ -78,17 +78,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         path, status = run_study(study, address=args.address, fresh=args.fresh, verbose=verbose)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished epoch is kept (its metrics and checkpoint are in {study.storage}); to "
-              f"continue where each trial stopped, run the same command again:\n  {again}", file=sys.stderr)
+        print(f"\ninterrupted: every finished epoch is kept (its metrics and checkpoint are in the study's storage,"
+              f"\n  {study.storage});\nto continue where each trial stopped, run the same command again:\n  {again}",
+              file=sys.stderr)
         return 130
     df = pd.read_parquet(path)
     print(main_table(df, study.name, width=CONSOLE_WIDTH))
     print(describe(study, study_trials(study), status, best=False))
     if any(s in ("incomplete", "interrupted") for s in status.statuses.values()):
         print(f"to continue where each trial stopped, run the same command again:\n  {again}")
-    print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r}); every "
-          f"table, interval and note: python -m calm_study report {shlex.quote(args.study)}"
-          + (f" --preset {args.preset}" if args.preset else ""))
+    # Paths and commands on lines of their own: every line stays within CONSOLE_WIDTH unless a path alone is longer.
+    report = f"python -m calm_study report {shlex.quote(args.study)}"
+    report += f" --preset {args.preset}" if args.preset else ""
+    print(f"results, {len(df)} rows (pandas.read_parquet reads the file, or its folder):\n  {path}\n"
+          f"every table, interval and note:\n  {report}")
     return 0 if set(status.statuses.values()) <= {"completed", "stopped_early"} else 1
 
 

@@ -126,7 +126,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     if resume_dir is not None:
         start_epoch = restore(resume_dir, cfg, model, optimizer, scheduler, rank, world_size, device,
                               features.weights if features else None)
-        log(f"resumed from {resume_dir} after epoch {start_epoch}")
+        # the folder's name only: its path (storage + run) is long, and the trial key already says which run
+        log(f"resumed from {Path(resume_dir).name} after epoch {start_epoch}")
     train_model = DistributedDataParallel(model) if world_size > 1 else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     weights = {**task.term_weights(), **model.term_weights()}
