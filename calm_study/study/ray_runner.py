@@ -353,12 +353,33 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                               "default), or `auto` on a node of the cluster") from None
 
 
-def run_study(study: Study, address: str | None = None, fresh: bool = False,
-              verbose: bool = False) -> tuple[Path, StudyStatus]:
+def wait_for_nodes(count: int, timeout_s: float, address: str, poll_s: float = 2.0) -> int:
+    """Block until `count` nodes of the connected Ray cluster are alive; returns how many are. Trial concurrency is
+    computed once from the cluster's resources (_max_concurrent), so a study started before every node of a batch
+    allocation joined would run fewer trials at once for its whole life."""
+    deadline = time.monotonic() + timeout_s
+    said = -1
+    while True:
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if alive >= count:
+            return alive
+        if time.monotonic() >= deadline:
+            raise StudyStateError(f"--wait-nodes {count}: {alive} node(s) of the Ray cluster at {address} are alive "
+                                  f"after {timeout_s:g} s; start Ray on the missing nodes (`ray start --address "
+                                  f"{address}`), or lower --wait-nodes")
+        if alive != said:
+            said = alive
+            say(f"waiting for the Ray cluster: {alive} of {count} nodes alive")
+        time.sleep(poll_s)
+
+
+def run_study(study: Study, address: str | None = None, fresh: bool = False, verbose: bool = False,
+              wait_nodes: int = 0, wait_timeout_s: float = 600.0) -> tuple[Path, StudyStatus]:
     """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
     fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
     verbose=False keeps Ray's own logging to errors (the console filter, study/console.py, does the rest).
+    wait_nodes (with an address): first wait up to wait_timeout_s for that many alive nodes (a batch job's cluster).
     """
     trials = expand(study)
     files = StudyFiles(study)
@@ -396,6 +417,8 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
                                       "with `ray start --head`, or run without --address to start Ray on this "
                                       "machine") from None
             try:
+                if wait_nodes:
+                    wait_for_nodes(wait_nodes, wait_timeout_s, address)
                 check_gpus(study, ray.cluster_resources().get("GPU", 0), f"the Ray cluster at {address}")
             except StudyStateError:
                 ray.shutdown()
