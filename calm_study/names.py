@@ -111,6 +111,9 @@ RUN_PREFIX = "train-"
 TUNE_FOLDER = "tune"  # <storage>/<study>/tune/: Ray Tune's experiment
 TRAIN_FOLDER = "train"  # <storage>/<study>/train/train-<key>/: Ray Train checkpoints and the metric log
 MANIFEST = "manifest.json"  # <storage>/<study>/manifest.json
+# <storage>/<study>/runtime.json: the latest `run`'s settings of how each trial runs (config RUNTIME fields: data
+# roots, caches, workers, ...), which a restored Tune experiment would otherwise take from its first run
+RUNTIME_FILE = "runtime.json"
 TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
 METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
 RESULTS_FILE = "trials.parquet"  # <results_dir>/<study>/trials.parquet

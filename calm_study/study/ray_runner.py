@@ -22,13 +22,14 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from calm_study.config import TrialConfig
+from calm_study.config import ROLE, RUNTIME, TrialConfig, fields_with_role
 from calm_study.configio import set_path, to_dict
 from calm_study.data.sources import absolute_paths, check_all_videos, check_weights, preflight
 from calm_study.external import require_java
 from calm_study.names import (
     EPOCH_RECORD_FILE,
     METRIC_LOG,
+    RUNTIME_FILE,
     SELECT_METRIC,
     TRAIN_FOLDER,
     TRIAL_FILE,
@@ -146,10 +147,47 @@ def _sampled_trial(config: dict, rt: dict) -> dict:
     return trial
 
 
+def runtime_settings(cfg: TrialConfig) -> dict:
+    """{dotted key: value} of the config's settings of how it runs (config.py's RUNTIME fields), paths absolute."""
+    doc = to_dict(absolute_paths(cfg))
+    out = {}
+    for dotted in fields_with_role(RUNTIME[ROLE]):
+        value = doc
+        for part in dotted.split("."):
+            value = value[part]
+        out[dotted] = value
+    return out
+
+
+def publish_runtime(study: Study, trials: list[Trial]) -> None:
+    """Record this run's runtime settings per trial (and the base's, for Optuna trials) in storage, for the drivers.
+
+    Tune restores an experiment with the trial configs of its first run: without this, a study resumed by a requeued
+    SLURM job would send its trials to the first job's scratch folders (another node's, perhaps gone)."""
+    storage = StudyFiles(study).storage
+    record = {"base": runtime_settings(study.base), "trials": {t.key: runtime_settings(t.config) for t in trials}}
+    storage.write_text(storage.path(study.name, RUNTIME_FILE), json.dumps(record, sort_keys=True))
+
+
+def current_runtime(trial: dict, storage: str, study: str) -> dict:
+    """The trial (a param-space entry) with the runtime settings the latest `run` recorded (publish_runtime): the
+    trial's own, else the base's (an Optuna trial). A new dict: Tune's record of the trial stays as it was."""
+    st = Storage(storage)
+    text = st.read_text(st.path(study, RUNTIME_FILE))
+    if text is None:  # a study last run by a version without the file
+        return trial
+    record = json.loads(text)
+    doc = trial["trial"]
+    for dotted, value in record["trials"].get(trial["key"], record["base"]).items():
+        doc = set_path(doc, dotted, value)
+    return {**trial, "trial": doc}
+
+
 def _driver(config: dict) -> None:
     """The Tune trainable: one TorchTrainer run per trial, named after the trial key (deterministic => resumable)."""
     rt = config["runtime"]
     trial = config["trial"] if "trial" in config else _sampled_trial(config, rt)
+    trial = current_runtime(trial, rt["storage"], rt["study"])  # this run's data paths, caches, workers
     name = run_name(trial["key"])
     log_path = Storage(rt["storage"]).path(rt["study"], TRAIN_FOLDER, name, METRIC_LOG)
     run_config = ray.train.RunConfig(
@@ -315,12 +353,33 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                               "default), or `auto` on a node of the cluster") from None
 
 
-def run_study(study: Study, address: str | None = None, fresh: bool = False,
-              verbose: bool = False) -> tuple[Path, StudyStatus]:
+def wait_for_nodes(count: int, timeout_s: float, address: str, poll_s: float = 2.0) -> int:
+    """Block until `count` nodes of the connected Ray cluster are alive; returns how many are. Trial concurrency is
+    computed once from the cluster's resources (_max_concurrent), so a study started before every node of a batch
+    allocation joined would run fewer trials at once for its whole life."""
+    deadline = time.monotonic() + timeout_s
+    said = -1
+    while True:
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if alive >= count:
+            return alive
+        if time.monotonic() >= deadline:
+            raise StudyStateError(f"--wait-nodes {count}: {alive} node(s) of the Ray cluster at {address} are alive "
+                                  f"after {timeout_s:g} s; start Ray on the missing nodes (`ray start --address "
+                                  f"{address}`), or lower --wait-nodes")
+        if alive != said:
+            said = alive
+            say(f"waiting for the Ray cluster: {alive} of {count} nodes alive")
+        time.sleep(poll_s)
+
+
+def run_study(study: Study, address: str | None = None, fresh: bool = False, verbose: bool = False,
+              wait_nodes: int = 0, wait_timeout_s: float = 600.0) -> tuple[Path, StudyStatus]:
     """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
     fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
     verbose=False keeps Ray's own logging to errors (the console filter, study/console.py, does the rest).
+    wait_nodes (with an address): first wait up to wait_timeout_s for that many alive nodes (a batch job's cluster).
     """
     trials = expand(study)
     files = StudyFiles(study)
@@ -346,6 +405,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
     check_same_study(study, trials)
     publish_settings(study, trials)  # where the Train controllers log each epoch to MLflow (if configured)
+    publish_runtime(study, trials)  # this run's data paths and caches, for trials that Tune restores
     ray_level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("ray").setLevel(ray_level)
     if not ray.is_initialized():
@@ -357,6 +417,8 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
                                       "with `ray start --head`, or run without --address to start Ray on this "
                                       "machine") from None
             try:
+                if wait_nodes:
+                    wait_for_nodes(wait_nodes, wait_timeout_s, address)
                 check_gpus(study, ray.cluster_resources().get("GPU", 0), f"the Ray cluster at {address}")
             except StudyStateError:
                 ray.shutdown()
@@ -368,7 +430,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     trainable = ray.tune.with_resources(_driver, driver_resources(study))
     tune_uri = files.storage.uri(study.name, TUNE_FOLDER)
     if ray.tune.Tuner.can_restore(tune_uri):
-        say(f"resuming study {study.name} from {tune_uri}")
+        say(f"resuming study {study.name} from\n  {tune_uri}")  # the path alone on its line (120 columns)
         tuner = ray.tune.Tuner.restore(tune_uri, trainable, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(
