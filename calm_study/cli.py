@@ -67,6 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from calm_study.study.console import quiet_console, verbose_requested
     from calm_study.study.spec import load_study
 
+    if args.wait_nodes < 0 or args.wait_timeout <= 0:
+        raise ConfigError("run", [f"--wait-nodes {args.wait_nodes} --wait-timeout {args.wait_timeout:g}: a node count "
+                                  ">= 0 and a timeout > 0 seconds"])
+    if args.wait_nodes and not args.address:
+        raise ConfigError("run", ["--wait-nodes waits for the nodes of a running cluster: give --address too"])
     verbose = verbose_requested(args.verbose)
     if not verbose:
         quiet_console()  # before Ray is imported, so that its log handlers write through the filter
@@ -76,19 +81,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.preset, args.sets)
     again = "python -m calm_study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        path, status = run_study(study, address=args.address, fresh=args.fresh, verbose=verbose)
+        path, status = run_study(study, address=args.address, fresh=args.fresh, verbose=verbose,
+                                 wait_nodes=args.wait_nodes, wait_timeout_s=args.wait_timeout)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished epoch is kept (its metrics and checkpoint are in {study.storage}); to "
-              f"continue where each trial stopped, run the same command again:\n  {again}", file=sys.stderr)
+        print(f"\ninterrupted: every finished epoch is kept (its metrics and checkpoint are in the study's storage,"
+              f"\n  {study.storage});\nto continue where each trial stopped, run the same command again:\n  {again}",
+              file=sys.stderr)
         return 130
     df = pd.read_parquet(path)
     print(main_table(df, study.name, width=CONSOLE_WIDTH))
     print(describe(study, study_trials(study), status, best=False))
     if any(s in ("incomplete", "interrupted") for s in status.statuses.values()):
         print(f"to continue where each trial stopped, run the same command again:\n  {again}")
-    print(f"results: {path} ({len(df)} rows); read them with pandas.read_parquet({str(path.parent)!r}); every "
-          f"table, interval and note: python -m calm_study report {shlex.quote(args.study)}"
-          + (f" --preset {args.preset}" if args.preset else ""))
+    # Paths and commands on lines of their own: every line stays within CONSOLE_WIDTH unless a path alone is longer.
+    report = f"python -m calm_study report {shlex.quote(args.study)}"
+    report += f" --preset {args.preset}" if args.preset else ""
+    print(f"results, {len(df)} rows (pandas.read_parquet reads the file, or its folder):\n  {path}\n"
+          f"every table, interval and note:\n  {report}")
     return 0 if set(status.statuses.values()) <= {"completed", "stopped_early"} else 1
 
 
@@ -228,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a study with Ray Tune; results go to results/<study>/")
     _study_args(p)
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
+    p.add_argument("--wait-nodes", type=int, default=0, metavar="N",
+                   help="with --address: wait until N nodes of the cluster are alive before any trial starts (trial "
+                   "concurrency is computed once, from the nodes there at the start)")
+    p.add_argument("--wait-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="how long --wait-nodes waits before it gives up (exit status 2; default 600)")
     p.add_argument("--fresh", action="store_true",
                    help="archive an earlier run of this study (storage and results moved aside) and start again")
     p.add_argument("--verbose", action="store_true",

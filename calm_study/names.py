@@ -120,6 +120,9 @@ CHECKPOINT_PREFIX = "checkpoint_"  # a checkpoint folder in a run folder (Ray Tr
 # trial through Ray Train; ray_train: every trial through Ray Train (its controller and worker group).
 LAUNCHES = ("auto", "ray_train")
 MANIFEST = "manifest.json"  # <storage>/<study>/manifest.json
+# <storage>/<study>/runtime.json: the latest `run`'s settings of how each trial runs (config RUNTIME fields: data
+# roots, caches, workers, ...), which a restored Tune experiment would otherwise take from its first run
+RUNTIME_FILE = "runtime.json"
 TRIAL_FILE = "trial.json"  # an Optuna trial's identity, beside its metric log
 METRIC_LOG = "metrics.jsonl"  # one line per reported epoch
 RESULTS_FILE = "trials.parquet"  # <results_dir>/<study>/trials.parquet

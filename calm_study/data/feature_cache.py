@@ -111,7 +111,9 @@ class FeatureCache:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log(f"features of {label}: another process is computing them; waiting for {entry}")
+                # the entry within the cache folder (announced when extraction starts): within 120 columns
+                log(f"features of {label}: another process is computing them; waiting for")
+                log(f"  its entry {entry.parent.name}/{entry.name}")
                 fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 hit = _load(entry, identity)  # written by the process that held the lock before us

@@ -242,7 +242,9 @@ def ensure_synthetic_dataset(cache_dir: str | Path, *, num_train_videos: int = 2
             pass  # somebody else moved it first
 
     total = len(DOMAINS) * (num_train_videos + num_test_videos)
-    say(f"calm_study: generating synthetic dataset ({len(DOMAINS)} domains, {total} videos, {codec}) into {final} ...")
+    # the path on a line of its own: the console stays within 120 columns for any path that fits in one line
+    say(f"calm_study: generating synthetic dataset ({len(DOMAINS)} domains, {total} videos, {codec}) into\n"
+        f"  {final} ...")
     start = time.perf_counter()
     tmp = cache_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
@@ -256,7 +258,7 @@ def ensure_synthetic_dataset(cache_dir: str | Path, *, num_train_videos: int = 2
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    say(f"calm_study: synthetic dataset ready in {time.perf_counter() - start:.1f}s: {final}")
+    say(f"calm_study: synthetic dataset ready in {time.perf_counter() - start:.1f}s")  # where: said just before
     return final
 
 

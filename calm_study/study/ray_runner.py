@@ -43,6 +43,7 @@ from calm_study.study import checkpoints
 from calm_study.study.identity import arm_id
 from calm_study.study.optuna_export import export_optuna
 from calm_study.study.results import repair_metric_log
+from calm_study.study.runtime import current_runtime, publish_runtime
 from calm_study.study.search import parse_space
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
 from calm_study.study.state import (
@@ -208,6 +209,7 @@ def _driver(config: dict) -> None:
     started = time.time()
     rt = config["runtime"]
     trial = config["trial"] if "trial" in config else _sampled_trial(config, rt)
+    trial = current_runtime(trial, rt["storage"], rt["study"])  # this run's data paths, caches, workers
     if rt.get("in_trial"):  # absent from studies begun before it existed: those keep Ray Train
         _train_in_trial(trial, rt, started)
         return
@@ -410,12 +412,33 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                               "default), or `auto` on a node of the cluster") from None
 
 
-def run_study(study: Study, address: str | None = None, fresh: bool = False,
-              verbose: bool = False) -> tuple[Path, StudyStatus]:
+def wait_for_nodes(count: int, timeout_s: float, address: str, poll_s: float = 2.0) -> int:
+    """Block until `count` nodes of the connected Ray cluster are alive; returns how many are. Trial concurrency is
+    computed once from the cluster's resources (_max_concurrent), so a study started before every node of a batch
+    allocation joined would run fewer trials at once for its whole life."""
+    deadline = time.monotonic() + timeout_s
+    said = -1
+    while True:
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if alive >= count:
+            return alive
+        if time.monotonic() >= deadline:
+            raise StudyStateError(f"--wait-nodes {count}: {alive} node(s) of the Ray cluster at {address} are alive "
+                                  f"after {timeout_s:g} s; start Ray on the missing nodes (`ray start --address "
+                                  f"{address}`), or lower --wait-nodes")
+        if alive != said:
+            said = alive
+            say(f"waiting for the Ray cluster: {alive} of {count} nodes alive")
+        time.sleep(poll_s)
+
+
+def run_study(study: Study, address: str | None = None, fresh: bool = False, verbose: bool = False,
+              wait_nodes: int = 0, wait_timeout_s: float = 600.0) -> tuple[Path, StudyStatus]:
     """Run (or resume) every trial of the study with Ray Tune; returns (the Parquet path, the study's status).
 
     fresh=True archives an earlier run of the study (storage and Parquet are moved aside, never deleted) first.
     verbose=False keeps Ray's own logging to errors (the console filter, study/console.py, does the rest).
+    wait_nodes (with an address): first wait up to wait_timeout_s for that many alive nodes (a batch job's cluster).
     """
     began = process_started()
     trials = expand(study)
@@ -442,6 +465,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     trials = adopt_recorded_keys(study, trials)  # a study begun before stable arm ids keeps its keys
     check_same_study(study, trials)
     publish_settings(study, trials)  # where the Train controllers log each epoch to MLflow (if configured)
+    publish_runtime(study, trials)  # this run's data paths and caches, for trials that Tune restores
     ray_level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("ray").setLevel(ray_level)
     if not ray.is_initialized():
@@ -453,6 +477,8 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
                                       "with `ray start --head`, or run without --address to start Ray on this "
                                       "machine") from None
             try:
+                if wait_nodes:
+                    wait_for_nodes(wait_nodes, wait_timeout_s, address)
                 check_gpus(study, ray.cluster_resources().get("GPU", 0), f"the Ray cluster at {address}")
             except StudyStateError:
                 ray.shutdown()
@@ -472,7 +498,7 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False,
     RUN_TIMES.finished.clear()
     tune_uri = files.storage.uri(study.name, TUNE_FOLDER)
     if ray.tune.Tuner.can_restore(tune_uri):
-        say(f"resuming study {study.name} from {tune_uri}")
+        say(f"resuming study {study.name} from\n  {tune_uri}")  # the path alone on its line (120 columns)
         tuner = ray.tune.Tuner.restore(tune_uri, trainable, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(

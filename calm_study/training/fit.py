@@ -28,7 +28,7 @@ from calm_study.data.sources import frame_cache, load_readable_records
 from calm_study.distributed import all_finite, broadcast_from_rank0, world
 from calm_study.models.families import VideoTextModel, build_model
 from calm_study.names import SKIPPED_VIDEOS, eval_key, loss_column
-from calm_study.progress import say
+from calm_study.progress import say, wrapped
 from calm_study.tasks import build_task
 from calm_study.tasks.base import Task, Terms, weighted_total
 from calm_study.training.checkpoint import restore, rng_state, save_checkpoint
@@ -117,9 +117,9 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
         fix = "lower train.batch_size" if len(train_set) else "check the training split's files (data check)"
         raise ValueError(f"data.train {d.train.label!r} has {len(train_set)} (video, caption) pairs, fewer than one "
                          f"batch of train.batch_size {t.batch_size}; {fix}")
-    regime = "frozen encoders, cached features" if cfg.model.frozen else "fine-tuning"
-    log(f"{len(train_set)} training pairs, {len(loader)} steps per epoch x {t.epochs} epochs, "
-        f"{world_size} worker(s), device {device}, {regime}")
+    regime = "frozen, cached features" if cfg.model.frozen else "fine-tuning"
+    log(f"{len(train_set)} training pairs, {len(loader)} steps/epoch x {t.epochs} epochs, "
+        f"{world_size} worker(s), {device}, {regime}")
     eval_sets = {ref.label: items(task.eval_items, ref) for ref in d.eval} if rank == 0 else {}
 
     optimizer = build_optimizer(model, cfg.optim)
@@ -129,7 +129,8 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
     if resume_dir is not None:
         start_epoch = restore(resume_dir, cfg, model, optimizer, scheduler, rank, world_size, device,
                               features.weights if features else None)
-        log(f"resumed from {resume_dir} after epoch {start_epoch}")
+        # the folder's name only: its path (storage + run) is long, and the trial key already says which run
+        log(f"resumed from {Path(resume_dir).name} after epoch {start_epoch}")
     train_model = DistributedDataParallel(model) if world_size > 1 else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     weights = {**task.term_weights(), **model.term_weights()}
@@ -194,6 +195,9 @@ def fit(cfg: TrialConfig, report: Reporter, *, device: torch.device | str = "cpu
             report(metrics, ckpt)
         headline = task.metric_names[0]
         shown = ", ".join(f"{label} {headline} {metrics[eval_key(label, headline)]:.1f}" for label in eval_sets)
-        log(f"epoch {epoch + 1}/{t.epochs}: loss {metrics.get(loss_column('total'), float('nan')):.4f}, {shown} "
-            f"({train_s:.1f}s train, {metrics['eval_s']:.1f}s eval)")
+        # several evaluation sets make a long line: wrapped, so that the console stays within 120 columns
+        loss = metrics.get(loss_column("total"), float("nan"))
+        for line in wrapped(f"epoch {epoch + 1}/{t.epochs}: loss {loss:.4f}, {shown} ({train_s:.1f}s train, "
+                            f"{metrics['eval_s']:.1f}s eval)"):
+            log(line)
     return metrics

@@ -94,8 +94,9 @@ class FrozenFeatures:
         # one here would make a trial that extracts train differently from one that finds the cache warm.)
         frames, masks = [], []
         start = last = time.perf_counter()
-        self.log(f"features of {label}: extracting {len(items)} videos x {d.num_frames} frames (once; cached in "
-                 f"{self.cache.folder})")
+        # the folder on a line of its own (each worker line carries the trial key): within 120 columns
+        self.log(f"features of {label}: extracting {len(items)} videos x {d.num_frames} frames, once, into")
+        self.log(f"  {self.cache.folder}")
         for batch in loader:
             frames.append(enc.encode_frames(batch["frames"].to(self.device)).float().cpu())  # (B, T, D)
             masks.append(batch["mask"].bool())

