@@ -36,7 +36,9 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
 
     # An object-store style URI: the storage goes through pyarrow's filesystems like s3:// or gs:// would. The study
     # is tracked in a local MLflow store (sqlite), checked at the end by tests/test_tracking.py's helpers.
-    study = two_trial_study("two", f"file://{tmp_path / 'runs'}", str(tmp_path / "results"), str(data_cache))
+    # 6 epochs of about half a second: the Ctrl-C below lands mid-study, after the first
+    study = two_trial_study("two", f"file://{tmp_path / 'runs'}", str(tmp_path / "results"), str(data_cache),
+                            epochs=6)
     study["tracking"] = {"mlflow": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -50,8 +52,8 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
         deadline = time.time() + 600
-        while "epoch 1/2" not in log.read_text() and proc.poll() is None and time.time() < deadline:
-            time.sleep(1)
+        while "epoch 1/6" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(300)
     text = log.read_text()
@@ -66,12 +68,12 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     assert_quiet(run.stdout + run.stderr)
     assert_fits_console(run.stdout + run.stderr)  # "resuming study" and the trials' "resumed from" lines included
     assert "trials: 2 done, 0 running, 0 pending" in run.stderr  # the live count
-    assert re.search(r"^\[[0-9a-f]{10}-s7\] epoch 2/2: loss ", run.stderr, flags=re.M)  # one line per epoch per trial
+    assert re.search(r"^\[[0-9a-f]{10}-s7\] epoch 6/6: loss ", run.stderr, flags=re.M)  # one line per epoch per trial
     table = run.stdout[run.stdout.index("two: "):run.stdout.index("study two:")]
     assert max(map(len, table.splitlines())) <= 120, table
 
     df = pd.read_parquet(tmp_path / "results" / "two")
-    assert len(df) == 2 * 2 * 2  # trials x epochs x evaluation sets
+    assert len(df) == 2 * 6 * 2  # trials x epochs x evaluation sets
     assert not df.duplicated(["arm_id", "seed", "epoch", "eval_set"]).any()
     assert set(df.status) == {"completed"} and set(df.seed) == {7} and set(df.eval_set) == {"plain", "textured"}
     assert sorted(df.drop_duplicates("arm_id").anchors_count) == [0, 20]
@@ -80,7 +82,7 @@ def test_two_trial_study_runs_on_ray_and_lands_in_parquet(tmp_path, data_cache):
     assert df[df.loss_align == "vae"].loss_align_kl.notna().all()
     for key in df.trial_key.unique():  # the durable per-epoch log and the Train checkpoints
         run_dir = tmp_path / "runs" / "two" / "train" / f"train-{key}"
-        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6
         assert list(run_dir.glob("checkpoint_*/state.pt"))
 
     documented = (REPO / "results" / "_README.md").read_text()
