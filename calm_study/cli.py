@@ -12,9 +12,11 @@ from pathlib import Path
 from calm_study.config import calm_enabled
 from calm_study.configio import ConfigError, load_yaml
 from calm_study.external import JavaMissingError
+from calm_study.names import study_name_problem
 from calm_study.report import ReportError
 from calm_study.study.results import ResultsError
 from calm_study.study.state import StudyStateError
+from calm_study.study.storage import StorageError
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -130,6 +132,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         study = load_study(args.study, args.preset, args.sets)
         name = study.name
         results_dir = args.results_dir or study.results_dir
+    elif why := study_name_problem(name):  # a name is a folder under results_dir, never a path out of it
+        raise ConfigError(name, [why])
     epoch = int(args.epoch) if args.epoch.isdigit() else args.epoch
     path, text = write_report(name, results_dir=results_dir, epoch=epoch)
     print(text)
@@ -175,14 +179,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Performance figures of one trial config: a trial YAML, or one trial of a study file (default: the first with
     anchors)."""
     from calm_study import bench
+    from calm_study.data.sources import check_weights
     from calm_study.study.spec import apply_overrides, expand, load_study
     from calm_study.validate import trial_from_dict
 
     try:
-        sections = bench.parse_only(args.only)  # checked before anything is loaded: a typo costs nothing
-        batches = bench.check_batches(args.batches)
-        bench.check_counts(steps=args.steps, eval_texts=args.eval_texts, eval_videos=args.eval_videos,
-                           clips=args.clips, trial_epochs=args.trial_epochs)
+        sections, batches = bench.check_options(args.only, args.batches, args.device, args.threads, steps=args.steps,
+                                                eval_texts=args.eval_texts, eval_videos=args.eval_videos,
+                                                clips=args.clips, trial_epochs=args.trial_epochs)
         doc = load_yaml(args.config)
         if isinstance(doc, dict) and "base" in doc:
             trials = expand(load_study(args.config, args.preset, args.sets))
@@ -193,6 +197,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             cfg = trial_from_dict(apply_overrides({"base": doc or {}}, args.sets, args.config)["base"], args.config)
             what = args.config
         what += "".join(f" --set {s}" for s in args.sets)
+        check_weights([cfg], what)  # a pretrained tag's weights are here or can be downloaded; a file loads
         opts = bench.BenchOptions(sections=sections, batches=tuple(batches), steps=args.steps,
                                   eval_texts=args.eval_texts, eval_videos=args.eval_videos, clips=args.clips,
                                   trial_epochs=args.trial_epochs, device=args.device)
@@ -318,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StudyStateError, ReportError, ResultsError, FileNotFoundError, JavaMissingError) as e:
+    except (ConfigError, StudyStateError, StorageError, ReportError, ResultsError, FileNotFoundError,
+            JavaMissingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -111,6 +111,32 @@ def regime(frozen: bool) -> str:
     return REGIMES[1] if frozen else REGIMES[0]
 
 
+# ---- study names ------------------------------------------------------------------------------------------------
+# A study's name is a folder name in its storage and its results folder (<storage>/<name>/, <results_dir>/<name>/):
+# one safe path component, so that no name points a study (or --fresh, which moves folders aside) anywhere else.
+STUDY_NAME_MAX = 100
+STUDY_NAME_RULE = (f"a study name is one folder name: ASCII letters, digits, '-', '_' and '.', not starting with '.', "
+                   f"at most {STUDY_NAME_MAX} characters")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def study_name_problem(name: str) -> str | None:
+    """What is wrong with `name` as a study name ("'..' starts with '.'; a study name is ..."), or None."""
+    bad = sorted({c for c in name if c not in _NAME_CHARS})
+    if not name:
+        why = "is empty"
+    elif bad:
+        why = f"contains {', '.join(repr(c) for c in bad)}"
+    elif name.startswith("."):
+        why = "starts with '.'"
+    elif len(name) > STUDY_NAME_MAX:
+        why = f"has {len(name)} characters"
+    else:
+        return None
+    shown = name if len(name) <= 40 else f"{name[:40]}..."
+    return f"{shown!r} {why}; {STUDY_NAME_RULE}"
+
+
 # ---- trials, runs and storage -----------------------------------------------------------------------------------
 RUN_PREFIX = "train-"
 TUNE_FOLDER = "tune"  # <storage>/<study>/tune/: Ray Tune's experiment

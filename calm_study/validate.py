@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calm_study.checks import at_least, one_of, positive
+from calm_study.checks import one_of, range_problems
 from calm_study.config import DataConfig, OptimConfig, TrialConfig, calm_enabled
 from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, set_path, to_dict
-from calm_study.names import LR_GROUPS, PRECISIONS, lr_column
+from calm_study.names import PRECISIONS
 
 
 def check_trial(cfg: TrialConfig) -> list[str]:
@@ -19,14 +19,16 @@ def check_trial(cfg: TrialConfig) -> list[str]:
 
     Names are checked against their registries; each registered component (the task, the family, CALM and its
     alignment variant) checks the values of its own knobs, and a knob that none of the trial's components reads is
-    refused (`unread_knobs`). What remains here is what crosses components, and the shared sections."""
+    refused (`unread_knobs`). Every number is checked against the valid values its field declares (config.valid),
+    so none of them writes a range check. What remains here is what crosses components, and the shared sections."""
     from calm_study.models.calm import check_calm
     from calm_study.models.calm.align import list_align_losses
     from calm_study.models.calm.anchors import ENCODE_MODES
     from calm_study.models.families import FAMILIES, list_families
     from calm_study.tasks import TASKS, list_tasks
 
-    errs = one_of("task", cfg.task, list_tasks()) + one_of("model.family", cfg.model.family, list_families())
+    errs = range_problems(cfg)  # every number against the valid values config.py declares beside it
+    errs += one_of("task", cfg.task, list_tasks()) + one_of("model.family", cfg.model.family, list_families())
     errs += one_of("loss.align", cfg.loss.align, list_align_losses())
     errs += one_of("train.precision", cfg.train.precision, PRECISIONS)
     family, task = FAMILIES.get(cfg.model.family), TASKS.get(cfg.task)
@@ -95,40 +97,25 @@ def unread_knobs(cfg: TrialConfig) -> list[str]:
 
 
 def _check_shared(cfg: TrialConfig) -> list[str]:
-    """The sections every trial reads: data, optimiser, training, and the task weight."""
-    errs = at_least("loss.task_weight", cfg.loss.task_weight, 0) + positive("loss.logit_scale_max",
-                                                                             cfg.loss.logit_scale_max)
-    if not 0 <= cfg.data.max_skipped_fraction <= 1:
-        errs.append(f"data.max_skipped_fraction: {cfg.data.max_skipped_fraction} must be in [0, 1]")
-    if cfg.data.num_frames < 1:
-        errs.append(f"data.num_frames: {cfg.data.num_frames} must be >= 1")
+    """The sections every trial reads: data, optimiser, training (their ranges are checked with every field's)."""
+    errs = []
     if not cfg.data.eval:
         errs.append("data.eval: at least one evaluation set is needed")
     labels = [e.label for e in cfg.data.eval]
     if len(set(labels)) != len(labels):
         errs.append(f"data.eval: evaluation set names must be unique, got {labels}")
     errs += _check_data(cfg.data) + _check_backbone(cfg.model.clip, cfg.model.pretrained)
-    o, t = cfg.optim, cfg.train
-    for name in (lr_column(group) for group in LR_GROUPS):
-        if getattr(o, name) < 0:
-            errs.append(f"optim.{name}: {getattr(o, name)} must be >= 0")
+    o = cfg.optim
     if len(o.betas) != 2:
         errs.append(f"optim.betas: expected two numbers (β1, β2), got {list(o.betas)}")
-    if not 0 <= o.warmup_fraction < 1:
-        errs.append(f"optim.warmup_fraction: {o.warmup_fraction} must be in [0, 1)")
     from calm_study.training.optim import OPTIMIZERS, SCHEDULES
 
     errs += one_of("optim.name", o.name, OPTIMIZERS) + one_of("optim.schedule", o.schedule, SCHEDULES)
-    if not 0 < o.epoch_decay <= 1:
-        errs.append(f"optim.epoch_decay: {o.epoch_decay} must be in (0, 1]")
-    elif o.schedule != "constant_decay" and o.epoch_decay != OptimConfig.epoch_decay:
+    if o.schedule in SCHEDULES and o.schedule != "constant_decay" and o.epoch_decay != OptimConfig.epoch_decay:
         # like unread_knobs: a knob nothing reads would train the same model under another arm id
         errs.append(f"optim.epoch_decay: {o.epoch_decay!r} is read only by optim.schedule constant_decay; this trial "
                     f"(optim.schedule {o.schedule}) does not read it, so it would train the same model under another "
                     f"arm id: remove it, or set optim.schedule: constant_decay")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(t, name) < 1:
-            errs.append(f"train.{name}: {getattr(t, name)} must be >= 1")
     return errs
 
 

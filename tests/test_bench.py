@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from calm_study.bench import SECTIONS, BenchError, parse_only
+from calm_study.bench import SECTIONS, BenchError, check_device, parse_only
 from calm_study.bench.step import extrapolate, fit_linear
 from calm_study.cli import main
 
@@ -97,3 +97,17 @@ def test_only_keeps_section_order():
     for bad in ("", "e", "a;b"):
         with pytest.raises(BenchError, match="valid sections"):
             parse_only(bad)
+
+
+def test_bad_machine_options_are_refused_together_before_anything_loads(capsys):
+    assert main(["bench", "studies/anchor_ablation.yaml", "--preset", "demo", "--device", "bogus", "--threads", "-1",
+                 "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: 3 problems with the options:" in err and "Traceback" not in err
+    for line in ("--device 'bogus': not a torch device", "--threads -1: must be >= 1, or 0 for torch's default",
+                 "--steps 0: must be >= 1"):
+        assert line in err, err
+    check_device("cpu")
+    check_device(None)  # the default: cuda when there is one, else cpu
+    with pytest.raises(BenchError, match="cuda:99: this machine has no such device|torch sees no CUDA GPU"):
+        check_device("cuda:99")

@@ -1,11 +1,19 @@
 """Strict configuration loading: every problem at once, with key paths and "did you mean"."""
 
+import dataclasses
+import json
+import math
+import typing
+
 import pytest
 
-from calm_study.config import TrialConfig
-from calm_study.configio import ConfigError, parse_yaml, set_path
+from calm_study.checks import range_problems
+from calm_study.config import RANGE, TrialConfig
+from calm_study.configio import ConfigError, flatten, parse_yaml, set_path, to_dict
+from calm_study.names import STUDY_NAME_RULE, study_name_problem
 from calm_study.study.identity import arm_id
-from calm_study.study.spec import expand, load_study
+from calm_study.study.spec import FailureSpec, Resources, SchedulerSpec, SearchSpace, Study, expand, load_study
+from calm_study.study.storage import storage_problems
 from calm_study.validate import trial_from_dict
 
 
@@ -162,3 +170,109 @@ def test_epoch_decay_without_the_schedule_that_reads_it_is_refused():
     assert err.startswith("optim.epoch_decay: 0.9 is read only by optim.schedule constant_decay; this trial "
                           "(optim.schedule warmup_cosine) does not read it")
     trial_from_dict({"optim": {"epoch_decay": 0.95}})  # its default is never refused
+
+
+# ---- numbers: every field's valid values, declared once beside it ------------------------------------------------
+
+def number_fields(cls: type, prefix: str = "") -> list[tuple[str, dict, type]]:
+    """(path, metadata, int or float) of every number field (or list of numbers) of a config dataclass, at any
+    depth."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, path = hints[f.name], f"{prefix}{f.name}"
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
+        if dataclasses.is_dataclass(item):
+            out += number_fields(item, f"{path}.")
+        elif item in (int, float):
+            out.append((path, f.metadata, item))
+    return out
+
+
+STUDY_SECTIONS = (SearchSpace, SchedulerSpec, Resources, FailureSpec)
+
+
+def test_every_number_field_declares_its_valid_values_and_the_defaults_are_valid():
+    paths = number_fields(TrialConfig) + [(f"{s.__name__}.{p}", m, t) for s in STUDY_SECTIONS
+                                          for p, m, t in number_fields(s)]
+    assert len(paths) > 50
+    assert [p for p, metadata, _ in paths if RANGE not in metadata] == []
+    assert range_problems(TrialConfig()) == [] and range_problems(Study()) == []
+
+
+@pytest.mark.parametrize("path, kind", [(p, t) for p, _, t in number_fields(TrialConfig)])
+def test_nan_and_infinity_are_refused_in_every_number_field(path, kind):
+    default, integer = flatten(to_dict(TrialConfig()))[path], kind is int
+    for bad in (math.nan, math.inf, -math.inf):
+        value = [bad] if isinstance(default, list) else bad
+        text = "\n".join(problems(trial_from_dict, set_path({}, path, value)))
+        item = f"{path}[0]" if isinstance(default, list) else path
+        assert f"{item}: {'expected an integer, got ' if integer else ''}{bad}" in text, text
+        assert integer or f"{item}: {bad} must be a finite number" in text, text
+
+
+def test_a_range_names_the_key_the_value_and_the_valid_values():
+    text = "\n".join(problems(trial_from_dict, {"optim": {"grad_clip": -1.0, "weight_decay": -0.1},
+                                                "data": {"loader_workers": -1, "synthetic": {"num_test_videos": 0}},
+                                                "vae": {"encoder_hidden": [512, 0]}}))
+    for line in ("optim.grad_clip: -1.0 must be >= 0 (0: off)", "optim.weight_decay: -0.1 must be >= 0",
+                 "data.loader_workers: -1 must be >= 0", "data.synthetic.num_test_videos: 0 must be >= 1",
+                 "vae.encoder_hidden[1]: 0 must be >= 1"):
+        assert line in text, text
+    trial_from_dict({"optim": {"grad_clip": 0.0, "lr_clip": 0.0}, "data": {"loader_workers": 0}})  # 0 is valid there
+
+
+def test_head_counts_must_divide_the_width_they_split():
+    tiny = {"model": {"clip": "calm-tiny", "pretrained": None}}
+    (err,) = problems(trial_from_dict, set_path(set_path(tiny, "model.family", "xpool"), "model.pool_heads", 3))
+    assert err == ("model.pool_heads: 3 must divide the embedding width of model.clip calm-tiny (64), as each head "
+                   "takes an equal share of it; valid: 1, 2, 4, 8, 16, 32, 64")
+    (err,) = problems(trial_from_dict, {"model": {"temporal": "transformer", "temporal_heads": 3}})
+    assert err.startswith("model.temporal_heads: 3 must divide the embedding width of model.clip ViT-B-32-quickgelu "
+                          "(512)") and err.endswith("valid: 1, 2, 4, 8, 16, 32, 64, 128, 256, 512")
+    captioner = {"task": "captioning", "model": {"family": "captioner"}, "caption": {"heads": 3}}
+    assert problems(trial_from_dict, captioner)[0].startswith("caption.heads: 3 must divide the text width")
+    trial_from_dict(set_path(set_path(tiny, "model.family", "tmass"), "model.pool_heads", 4))
+    trial_from_dict({"model": {"temporal": "transformer", "temporal_heads": 16}})
+
+
+def test_a_label_file_with_one_label_twice_is_refused_naming_both_lines(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("c000 Cat\ndog\n\nbird\n cat \n")
+    (err,) = problems(trial_from_dict, {"anchors": {"source": str(labels), "count": 2}})
+    assert err.startswith(f"anchors.source: label file '{labels}' lists a label more than once: 'cat' on lines 1, 5;")
+    labels.write_text("cat\ndog\n")
+    assert trial_from_dict({"anchors": {"source": str(labels), "count": 2}}).anchors.count == 2
+
+
+@pytest.mark.parametrize("name, why", [
+    ("..", "'..' starts with '.'"), (".", "'.' starts with '.'"), (".hidden", "starts with '.'"),
+    ("my/study", "contains '/'"), ("a\\b", "contains '\\\\'"), ("a\tb", "contains '\\t'"), ("a b", "contains ' '"),
+    ("", "'' is empty"), ("a" * 101, "has 101 characters")])
+def test_a_study_name_is_one_folder_name(tmp_path, name, why):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {model: {clip: calm-tiny, pretrained: null}}\n")
+    (err,) = problems(load_study, f, sets=[f"name={json.dumps(name)}"])
+    assert err.startswith("name: ") and why in err and err.endswith(STUDY_NAME_RULE), err
+
+
+def test_valid_study_names():
+    for name in ("x", "anchor_ablation", "v1.2-demo", "a" * 100, "A.b_c-9"):
+        assert study_name_problem(name) is None, name
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("hdfs://namenode/runs", "storage: 'hdfs://namenode/runs': scheme hdfs:// is not supported; valid: a local"),
+    ("ftp://host/runs", "scheme ftp:// is not supported"),
+    ("s3://b/runs?endpoint_overide=h:1", "Unexpected query parameter in S3 URI: 'endpoint_overide' (did you mean "
+                                         "'endpoint_override'?)"),
+    ("s3://b/runs?scheme=htp", "Invalid S3 connection scheme 'htp'; valid: http, https")])
+def test_a_storage_uri_that_cannot_work_is_refused_without_asking_the_store(storage, message):
+    (err,) = storage_problems("storage", storage)
+    assert message in err, err
+
+
+def test_storage_values_that_can_work_pass_without_asking_the_store():
+    for storage in ("runs", "/data/runs", "file:///tmp/runs", "s3://bucket/runs",
+                    "s3://bucket/runs?endpoint_override=127.0.0.1:1&scheme=http", "gs://bucket/runs"):
+        assert storage_problems("storage", storage) == [], storage

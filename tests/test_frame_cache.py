@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from calm_study.data.bench import bench_decoding
+from calm_study.data.bench import NothingDecodable, bench_decoding
 from calm_study.data.dataset import VideoRecord
 from calm_study.data.frame_cache import FrameCache
 from calm_study.data.video import DECODERS, VideoDecodeError, read_video, resize_crop_frames
@@ -215,3 +215,13 @@ def test_bench_decoding_reports_rates(videos: list[VideoRecord], tmp_path: Path)
     for key in ("decode_clips_per_s", "fill_clips_per_s", "cached_clips_per_s", "speedup", "entry_bytes"):
         assert result[key] > 0, key
     assert list((tmp_path / "bench").iterdir()) == []  # its temporary cache is gone
+
+
+def test_bench_decoding_names_every_video_when_none_decodes(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    records = [VideoRecord("junk", junk, ()), VideoRecord("missing", tmp_path / "missing.mp4", ())]
+    with pytest.raises(NothingDecodable) as info:
+        bench_decoding(records, T, S, tmp_path / "bench")
+    assert [path for path, _ in info.value.failures] == [str(junk), str(tmp_path / "missing.mp4")]
+    assert not (tmp_path / "bench").exists()  # nothing was timed, nothing written

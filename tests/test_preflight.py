@@ -157,3 +157,28 @@ def test_the_summary_and_status_say_how_many_videos_were_skipped():
                          {"training set": 2, "plain_test": 1})
     assert "unreadable videos skipped (data.on_error skip): training set 2, plain_test 1" in describe(study, trials,
                                                                                                      status)
+
+
+def test_a_pretrained_tag_neither_cached_nor_downloadable_is_refused_before_any_work(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from calm_study.configio import ConfigError
+    from calm_study.data.sources import check_weights
+    from calm_study.validate import trial_from_dict
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = trial_from_dict({"model": {"clip": "ViT-B-32-quickgelu", "pretrained": "openai"}})
+    with pytest.raises(ConfigError) as info:
+        check_weights([cfg], "study x")
+    (problem,) = info.value.problems
+    assert problem.startswith("model.pretrained: the weights of tag 'openai' of model.clip ViT-B-32-quickgelu are not "
+                              "on this machine and cannot be downloaded now: Hugging Face repository "
+                              f"timm/vit_base_patch32_clip_224.openai (cache {tmp_path / 'hub'}): not cached, and "
+                              "HF_HUB_OFFLINE is set")
+    cached = tmp_path / "hub" / "models--timm--vit_base_patch32_clip_224.openai"
+    (cached / "refs").mkdir(parents=True)
+    (cached / "refs" / "main").write_text("abc")
+    (cached / "snapshots" / "abc").mkdir(parents=True)
+    (cached / "snapshots" / "abc" / "open_clip_model.safetensors").write_bytes(b"")
+    check_weights([cfg], "study x")  # in the cache: nothing to download

@@ -142,8 +142,20 @@ def test_check_writable_on_s3_leaves_nothing_behind(s3):
     # Only what the check created is removed (pyarrow may leave an empty marker "deep/" for the existing folder).
     assert [k for k in keys(s3) if k != "deep/"] == ["deep/keep.txt"]
     missing = Storage(f"s3://{s3.bucket}-missing/runs")
-    with pytest.raises(StudyStateError, match="storage: cannot write to"):
+    with pytest.raises(StudyStateError, match=f"the bucket '{s3.bucket}-missing' does not exist at http://127.0.0.1"):
         check_writable(missing, missing.path("study"), "storage")
+
+
+def test_an_endpoint_where_nothing_answers_is_one_paragraph(s3, monkeypatch):
+    from calm_study.study.state import StudyStateError, check_writable
+    from calm_study.study.storage import Storage, StorageError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # a closed port: refused at once
+    closed = Storage(f"s3://{s3.bucket}/runs")
+    with pytest.raises(StorageError, match="nothing answers at http://127.0.0.1:1; check that the server runs"):
+        closed.exists(closed.path("study"))
+    with pytest.raises(StudyStateError, match=f"storage: 's3://{s3.bucket}/runs': nothing answers at"):
+        check_writable(closed, closed.path("study"), "storage")
 
 
 def test_fresh_on_s3_is_refused_before_anything_moves(s3, tmp_path, tiny_doc):

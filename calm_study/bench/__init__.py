@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from calm_study.config import TrialConfig, calm_enabled
+from calm_study.configio import did_you_mean
 
 SECTIONS = ("a", "b", "c", "d")
 
@@ -50,6 +51,50 @@ def check_counts(**counts: int | None) -> None:
     bad = [f"--{name.replace('_', '-')} {value}" for name, value in counts.items() if value is not None and value < 1]
     if bad:
         raise BenchError(f"{', '.join(bad)}: must be >= 1")
+
+
+def check_device(text: str | None) -> None:
+    """--device names a device of this machine (None: the default, always valid)."""
+    if text is None:
+        return
+    gpus = torch.cuda.device_count()
+    here = ["cpu", *(["cuda", *(f"cuda:{i}" for i in range(gpus))] if gpus else [])]
+    if torch.backends.mps.is_available():
+        here.append("mps")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise BenchError(f"--device {text!r}: not a torch device{did_you_mean(text, here)}; valid on this machine: "
+                         f"{', '.join(here)}") from None
+    if device.type == "cuda" and not gpus:
+        raise BenchError(f"--device {text}: torch sees no CUDA GPU on this machine; valid here: {', '.join(here)} "
+                         "(or leave --device out: cuda when there is one, else cpu)")
+    if str(device) not in here:  # cuda:7 on a 2-GPU machine, mps without Apple's GPU, another torch device type
+        raise BenchError(f"--device {text}: this machine has no such device; valid here: {', '.join(here)}")
+
+
+def check_threads(threads: int) -> None:
+    """--threads: a number of torch CPU threads, or 0 for torch's default."""
+    if threads < 0:
+        raise BenchError(f"--threads {threads}: must be >= 1, or 0 for torch's default")
+
+
+def check_options(only: str, batches: Sequence[int], device: str | None, threads: int,
+                  **counts: int | None) -> tuple[tuple[str, ...], list[int]]:
+    """Every bench option checked before anything is loaded (a typo costs nothing), all problems in one BenchError;
+    returns the sections and the batch sizes."""
+    problems: list[str] = []
+    out: list = []
+    for check, arg in ((parse_only, only), (check_batches, batches), (check_device, device), (check_threads, threads),
+                       (lambda c: check_counts(**c), counts)):
+        try:
+            out.append(check(arg))
+        except BenchError as e:
+            problems.append(str(e))
+    if problems:
+        raise BenchError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems with the options:\n  - " + "\n  - ".join(problems))
+    return out[0], out[1]
 
 
 def choose_trial(configs: Sequence[TrialConfig], index: int | None) -> int:

@@ -14,7 +14,8 @@ import torch
 
 from calm_study.clip_archs import image_size
 from calm_study.config import TrialConfig
-from calm_study.data.bench import bench_decoding
+from calm_study.configio import ConfigError
+from calm_study.data.bench import NothingDecodable, bench_decoding
 from calm_study.data.records import VideoRecord
 from calm_study.data.sources import load_records
 from calm_study.progress import say
@@ -28,6 +29,12 @@ def decode_rates(records: list[VideoRecord], num_frames: int, size: int, decoder
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = bench_decoding(records, num_frames, size, tmp, decoder=decoder)
+    except NothingDecodable as e:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in e.failures[:5])
+        more = f"; and {len(e.failures) - 5} more" if len(e.failures) > 5 else ""
+        raise ConfigError(label, [f"none of the {len(e.failures)} videos can be decoded with decoder {decoder}, so "
+                                  f"there is nothing to time: {shown}{more}. Give videos that play, or try the other "
+                                  "decoder (data.decoder, or --decoder for a folder: decord or pyav)"]) from None
     finally:
         torch.set_num_threads(threads)
     out(f"{indent}{label}: {result['clips']} clips, T={num_frames}, {size}x{size}, decoder {decoder}, one process, "

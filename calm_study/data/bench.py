@@ -19,13 +19,22 @@ from calm_study.data.records import VideoRecord
 from calm_study.data.video import VideoDecodeError, read_video, resize_crop_frames
 
 
+class NothingDecodable(ValueError):
+    """Not one of the records could be decoded: nothing to time. `failures` holds (path, reason) of each."""
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        self.failures = failures
+        super().__init__(f"none of the {len(failures)} records could be decoded")
+
+
 def bench_decoding(records: Iterable[VideoRecord], num_frames: int, image_size: int, cache_root: str | Path,
                    decoder: str = "decord", repeats: int = 1, *, workers: int = 1) -> dict:
     """Time the three ways a dataset gets a clip's uint8 (T, S, S, 3) frames (normalisation, common to all, is left
     out): decode + resize + crop without the cache, filling a cold cache (decode + resize + crop + write; ``workers``
     processes), and reading the warm cache. Each phase runs ``repeats`` times (the fill into a fresh folder each
     time). The cache lives in a temporary folder under ``cache_root`` that is removed afterwards, so the numbers
-    never come from a stale cache. Records that fail to decode are counted and left out of every phase.
+    never come from a stale cache. Records that fail to decode are counted and left out of every phase; when
+    none decodes, NothingDecodable names each with its reason.
 
     Returns {"clips", "failed", "decoder", "num_frames", "image_size", "repeats", "decode_clips_per_s",
     "fill_clips_per_s", "cached_clips_per_s", "speedup" (cached / decode), "entry_bytes" (mean bytes per entry)}.
@@ -34,21 +43,21 @@ def bench_decoding(records: Iterable[VideoRecord], num_frames: int, image_size: 
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     records = list(records)
     good: list[VideoRecord] = []
-    failed = 0
+    failures: list[tuple[str, str]] = []
     tic = time.perf_counter()
     for rep in range(repeats):
         for record in records if rep == 0 else good:
             try:
                 frames, _ = read_video(record.path, num_frames, start=record.start, end=record.end, decoder=decoder)
-            except VideoDecodeError:
-                failed += 1
+            except VideoDecodeError as e:
+                failures.append((e.path, e.reason))
                 continue
             resize_crop_frames(frames, image_size)  # (T, S, S, 3) uint8
             if rep == 0:
                 good.append(record)
     decode_s = time.perf_counter() - tic
     if not good:
-        raise ValueError(f"none of the {len(records)} records could be decoded")
+        raise NothingDecodable(failures)
 
     Path(cache_root).mkdir(parents=True, exist_ok=True)
     fill_s = cached_s = 0.0
@@ -72,7 +81,7 @@ def bench_decoding(records: Iterable[VideoRecord], num_frames: int, image_size: 
 
     n = len(good) * repeats
     decode_rate, fill_rate, cached_rate = n / decode_s, n / fill_s, n / cached_s
-    return {"clips": len(good), "failed": failed, "decoder": decoder, "num_frames": num_frames,
+    return {"clips": len(good), "failed": len(failures), "decoder": decoder, "num_frames": num_frames,
             "image_size": image_size, "repeats": repeats, "decode_clips_per_s": decode_rate,
             "fill_clips_per_s": fill_rate, "cached_clips_per_s": cached_rate, "speedup": cached_rate / decode_rate,
             "entry_bytes": entry_bytes}

@@ -7,7 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from calm_study.clip_archs import image_size, looks_like_path
+from calm_study.clip_archs import image_size, looks_like_path, missing_weights
 from calm_study.config import DataConfig, DatasetRef, TrialConfig
 from calm_study.configio import ConfigError
 from calm_study.data.dataset import apply_failure_policy, check_videos
@@ -170,8 +170,15 @@ def check_all_videos(configs: list[TrialConfig], source: str) -> None:
 
 
 def check_weights(configs: list[TrialConfig], source: str) -> None:
-    """A model.pretrained file loads as weights (a mapping of tensors), without building any model."""
+    """A model.pretrained file loads as weights (a mapping of tensors), and a pretrained tag's weights are cached here
+    or can be downloaded now, without building any model (`run` and `bench` ask it before any work)."""
     problems = []
+    for arch, tag in dict.fromkeys((c.model.clip, c.model.pretrained) for c in configs if c.model.pretrained):
+        if not looks_like_path(tag) and (why := missing_weights(arch, tag)):
+            problems.append(f"model.pretrained: the weights of tag {tag!r} of model.clip {arch} are not on this "
+                            f"machine and cannot be downloaded now: {why}. Run once where the internet is reachable "
+                            "(the weights are cached for every later run), copy a Hugging Face cache here (HF_HOME), "
+                            "give a local checkpoint file, or null for random weights")
     for path in dict.fromkeys(c.model.pretrained for c in configs if c.model.pretrained):
         if not looks_like_path(path):
             continue

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import at_least, fraction, one_of
+from calm_study.checks import divides, one_of
+from calm_study.clip_archs import embed_width
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
@@ -71,11 +72,13 @@ def _reads(cfg: TrialConfig) -> tuple[str, ...]:
 
 
 def _check(cfg: TrialConfig) -> list[str]:
+    """The fusion's name, and (transformer) its heads against the width it attends over (ranges: config.py)."""
     m = cfg.model
-    return (one_of("model.temporal", m.temporal, list_temporal_fusions())
-            + at_least("model.temporal_layers", m.temporal_layers, 1)
-            + at_least("model.temporal_heads", m.temporal_heads, 1)
-            + fraction("model.temporal_dropout", m.temporal_dropout))
+    errs = one_of("model.temporal", m.temporal, list_temporal_fusions())
+    if m.temporal == "transformer":
+        errs += divides("model.temporal_heads", m.temporal_heads, embed_width(m.clip),
+                        f"the embedding width of model.clip {m.clip}")
+    return errs
 
 
 def _random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,

@@ -32,7 +32,9 @@ class Family:
     # the knobs this config actually reads (default: all of `knobs`), e.g. the transformer fusion's layers only
     # when model.temporal is transformer
     reads: Callable[[TrialConfig], tuple[str, ...]] | None = None
-    check: Callable[[TrialConfig], list[str]] = no_problems  # problems of its own knobs' values
+    # problems of its own knobs' values beyond their ranges (config.py declares those, validation checks them all),
+    # e.g. a head count that must divide CLIP's width
+    check: Callable[[TrialConfig], list[str]] = no_problems
     text_conditioned: bool = False  # its video feature depends on the query text (the T-MASS leak can occur)
     loss_terms: tuple[str, ...] = ()  # extra terms it logs itself, besides the task's and CALM's
     random_banks: RandomBanks | None = None  # retrieval: banks of random features with its shapes (bench)

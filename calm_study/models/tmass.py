@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import at_least, one_of, positive
+from calm_study.checks import one_of
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
@@ -177,9 +177,7 @@ def _reads(cfg: TrialConfig) -> tuple[str, ...]:
 
 
 def _check(cfg: TrialConfig) -> list[str]:
-    m = cfg.model
-    return (check_pool(cfg) + one_of("model.prior", m.prior, PRIORS) + positive("model.prior_std", m.prior_std)
-            + at_least("model.support_weight", m.support_weight, 0) + at_least("model.trials", m.trials, 1))
+    return check_pool(cfg) + one_of("model.prior", cfg.model.prior, PRIORS)
 
 
 def _random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,

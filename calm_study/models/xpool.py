@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import at_least, fraction
+from calm_study.checks import divides
+from calm_study.clip_archs import embed_width
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
@@ -131,9 +132,9 @@ POOL_KNOBS = ("model.pool_heads", "model.pool_dropout")
 
 
 def check_pool(cfg: TrialConfig) -> list[str]:
-    """The text-conditioned pooling's knobs (xpool and tmass)."""
+    """The text-conditioned pooling's heads against the width it attends over (xpool and tmass; ranges: config.py)."""
     m = cfg.model
-    return at_least("model.pool_heads", m.pool_heads, 1) + fraction("model.pool_dropout", m.pool_dropout)
+    return divides("model.pool_heads", m.pool_heads, embed_width(m.clip), f"the embedding width of model.clip {m.clip}")
 
 
 def random_pool_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,

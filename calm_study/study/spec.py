@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from calm_study.config import TrialConfig
+from calm_study.checks import range_problems
+from calm_study.config import SEED, TrialConfig, valid
 from calm_study.configio import (
     ConfigError,
     dataclass_paths,
@@ -34,9 +35,10 @@ from calm_study.configio import (
     set_path,
     to_dict,
 )
-from calm_study.names import LAUNCHES, TASK_METRICS, eval_key, trial_key
+from calm_study.names import LAUNCHES, TASK_METRICS, eval_key, study_name_problem, trial_key
 from calm_study.study.identity import arm_id
 from calm_study.study.search import SAMPLERS, edge_rows, parse_space
+from calm_study.study.storage import storage_problems
 from calm_study.validate import canonical_trial, check_trial
 
 
@@ -46,16 +48,16 @@ class SearchSpace:
     grid: dict[str, Any] = field(default_factory=dict)  # trial key path -> list of values (cartesian product)
     combinations: tuple[dict[str, Any], ...] = ()  # listed rows of {key path: value}, crossed with the grid
     space: dict[str, Any] = field(default_factory=dict)  # optuna: key path -> {choice|uniform|loguniform|int|qint: ..}
-    num_samples: int = 0  # optuna: how many configurations to try
+    num_samples: int = field(default=0, metadata=valid("[0, inf)"))  # optuna: how many configurations to try (>= 1)
     sampler: str = "tpe"  # optuna: tpe | random
-    sampler_seed: int = 0  # optuna: seed of the sampler, so a search is repeatable
+    sampler_seed: int = field(default=0, metadata=valid(SEED))  # optuna: seed of the sampler, so a search is repeatable
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
     name: str = "fifo"  # fifo: every trial runs all epochs | asha: stop weak trials early (on the study's metric)
-    grace_period: int = 1  # asha: epochs every trial runs before it may be stopped
-    reduction_factor: int = 2  # asha: keep the top 1/reduction_factor at each rung
+    grace_period: int = field(default=1, metadata=valid("[1, inf)"))  # asha: epochs every trial runs before it may stop
+    reduction_factor: int = field(default=2, metadata=valid("[2, inf)"))  # asha: keep the top 1/reduction_factor a rung
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,16 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    num_workers: int = 1  # workers (DDP ranks) per trial; more than 1 always trains through Ray Train
+    # workers (DDP ranks) per trial; more than 1 always trains through Ray Train
+    num_workers: int = field(default=1, metadata=valid("[1, inf)"))
     # auto: a 1-worker trial trains in its Tune trial's own process (no Ray Train controller, worker group or placement
     # group: about half a minute less per trial, docs/performance.md); ray_train: every trial through Ray Train
     launch: str = "auto"
-    cpus_per_worker: float = 1.0  # CPUs reserved per worker
-    gpus_per_worker: float = 0.0  # GPUs per worker; a fraction packs trials on one GPU (only with num_workers 1)
-    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's CPUs/GPUs fit
+    cpus_per_worker: float = field(default=1.0, metadata=valid("(0, inf)"))  # CPUs reserved per worker
+    # GPUs per worker; a fraction packs trials on one GPU (only with num_workers 1)
+    gpus_per_worker: float = field(default=0.0, metadata=valid("[0, inf)"))
+    # trials at once
+    max_concurrent: int = field(default=0, metadata=valid("[0, inf)", note="0: as many as the cluster's CPUs/GPUs fit"))
     # Each trial's driver and Train controller on the head node: losing any other node then costs only Train workers,
     # restarted from the last checkpoint (a controller lost with its node would strand its workers' reservation).
     # false: drivers may run on any node.
@@ -82,8 +87,10 @@ class Resources:
 
 @dataclass(frozen=True)
 class FailureSpec:
-    train_retries: int = 1  # restarts of a trial's worker group after a worker dies (from its last checkpoint)
-    trial_retries: int = 1  # restarts of a whole trial after its driver fails or its node is lost (same checkpoint)
+    # restarts of a trial's worker group after a worker dies (from its last checkpoint)
+    train_retries: int = field(default=1, metadata=valid("[-1, inf)", note="-1: without limit"))
+    # restarts of a whole trial after its driver fails or its node is lost (same checkpoint)
+    trial_retries: int = field(default=1, metadata=valid("[-1, inf)", note="-1: without limit"))
 
 
 @dataclass(frozen=True)
@@ -103,17 +110,18 @@ class TrackingSpec:
 
 @dataclass(frozen=True)
 class Study:
-    name: str = ""  # study name: names the storage folder and results/<name>/
+    name: str = ""  # study name: names the storage folder and results/<name>/ (names.STUDY_NAME_RULE)
     description: str = ""
     base: TrialConfig = field(default_factory=TrialConfig)
     search: SearchSpace = field(default_factory=SearchSpace)
-    seeds: tuple[int, ...] = (0,)  # each arm runs once per seed (train.seed)
+    seeds: tuple[int, ...] = field(default=(0,), metadata=valid(SEED))  # each arm runs once per seed (train.seed)
     metric: MetricSpec = field(default_factory=MetricSpec)
     resources: Resources = field(default_factory=Resources)
     failures: FailureSpec = field(default_factory=FailureSpec)  # infrastructure faults; NaN losses are never retried
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)  # early stopping
-    storage: str = "runs"  # Ray storage for the Tune experiment, Train checkpoints and metric logs
-    results_dir: str = "results"  # Parquet goes to <results_dir>/<name>/
+    # Ray storage for the Tune experiment, Train checkpoints and metric logs: a folder, or a URI (storage.SCHEMES)
+    storage: str = "runs"
+    results_dir: str = "results"  # Parquet goes to <results_dir>/<name>/ (a local or NFS folder)
     presets: dict[str, Any] = field(default_factory=dict)  # name -> partial study document (merged by --preset)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)  # experiment tracking (off unless configured)
 
@@ -231,9 +239,12 @@ def load_study_and_presets(path: str | Path, sets: list[str] | None = None) -> S
 
 
 def _check_study(s: Study) -> list[str]:
-    errs = []
-    if not s.name or any(c in s.name for c in "/\\ "):
-        errs.append(f"name: {s.name!r} must be non-empty without spaces or slashes")
+    errs = [f"name: {why}"] if (why := study_name_problem(s.name)) else []
+    errs += range_problems(s, skip=("base",))  # the study's own numbers (base's: with each trial, check_trial)
+    errs += storage_problems("storage", s.storage)
+    if "://" in s.results_dir:
+        errs.append(f"results_dir: {s.results_dir!r}: results are written with local file access; give a local (or "
+                    "NFS) folder (storage is where a URI belongs)")
     metrics = TASK_METRICS.get(s.base.task, ())
     if metrics and s.metric.name not in metrics:
         errs.append(f"metric.name: {s.metric.name!r} is not a metric of task {s.base.task}"
@@ -247,21 +258,12 @@ def _check_study(s: Study) -> list[str]:
     if not s.seeds or len(set(s.seeds)) != len(s.seeds):
         errs.append(f"seeds: {list(s.seeds)} must be a non-empty list of distinct integers")
     r = s.resources
-    for name, value, ok, want in (("num_workers", r.num_workers, r.num_workers >= 1, ">= 1"),
-                                  ("cpus_per_worker", r.cpus_per_worker, r.cpus_per_worker > 0, "> 0"),
-                                  ("gpus_per_worker", r.gpus_per_worker, r.gpus_per_worker >= 0, ">= 0"),
-                                  ("max_concurrent", r.max_concurrent, r.max_concurrent >= 0, ">= 0 (0: all fit)")):
-        if not ok:
-            errs.append(f"resources.{name}: {value} must be {want}")
     if r.num_workers >= 1 and s.base.train.batch_size % r.num_workers:
         errs.append(f"train.batch_size: {s.base.train.batch_size} is not divisible by resources.num_workers "
                     f"{r.num_workers} (every worker takes an equal share of each global batch)")
     if r.launch not in LAUNCHES:
         errs.append(f"resources.launch: {r.launch!r} must be one of {', '.join(LAUNCHES)}"
                     f"{did_you_mean(r.launch, LAUNCHES)}")
-    for name in ("train_retries", "trial_retries"):
-        if getattr(s.failures, name) < -1:
-            errs.append(f"failures.{name}: {getattr(s.failures, name)} must be >= 0 (or -1 = without limit)")
     if 0 < r.gpus_per_worker < 1 and r.num_workers > 1:
         errs.append("resources.gpus_per_worker: a fraction of a GPU is only allowed with num_workers 1 (two ranks of "
                     "one trial could land on the same GPU)")
@@ -291,8 +293,6 @@ def _check_search(s: Study) -> list[str]:
     if sch.name not in ("fifo", "asha"):
         errs.append(f"scheduler.name: {sch.name!r} is not valid{did_you_mean(sch.name, ['fifo', 'asha'])}; "
                     "valid: fifo, asha")
-    if sch.grace_period < 1 or sch.reduction_factor < 2:
-        errs.append("scheduler: grace_period must be >= 1 and reduction_factor >= 2")
     if q.method == "optuna":
         if q.grid or q.combinations:
             errs.append("search: grid/combinations cannot be combined with method optuna (Ray's OptunaSearch cannot "

@@ -38,7 +38,7 @@ from calm_study.study.results import (
     write_parquet_atomic,
 )
 from calm_study.study.spec import Study, Trial, expand, is_optuna, metric_key
-from calm_study.study.storage import Storage
+from calm_study.study.storage import Storage, StorageError
 from calm_study.validate import trial_from_dict
 
 
@@ -76,15 +76,17 @@ def check_writable(storage: Storage, folder: str, what: str) -> None:
     # --fresh see an earlier run (and refuse, as it cannot archive there) where there was none.
     created = []
     parent = folder
-    while parent and not storage.exists(parent):
-        created.append(parent)
-        parent = storage.parent(parent)
     try:
+        while parent and not storage.exists(parent):
+            created.append(parent)
+            parent = storage.parent(parent)
         storage.makedirs(folder)
         storage.write_text(probe, "ok")
         storage.delete_file(probe)
         for path in created:
             storage.remove_empty_dir(path)
+    except StorageError as e:  # an object store that does not answer, no such bucket, denied access: said in words
+        raise StudyStateError(str(e)) from None
     except OSError as e:
         raise StudyStateError(f"{what}: cannot write to {folder!r} ({e.strerror or e}); choose a folder (or bucket) "
                               "this user can write (on a cluster: one that every node sees)") from None

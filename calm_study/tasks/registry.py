@@ -21,5 +21,5 @@ class TaskEntry:
     # config keys only this task reads (its section, e.g. caption.*); a non-default value of a key the trial's task
     # does not list is refused, naming the task that reads it
     knobs: tuple[str, ...] = ()
-    check: Callable[[TrialConfig], list[str]] = no_problems  # problems of its knobs' values
+    check: Callable[[TrialConfig], list[str]] = no_problems  # problems of its knobs' values beyond their ranges
     loss_terms: tuple[str, ...] = ("task",)  # the terms its loss_terms returns (the loss_* results columns)

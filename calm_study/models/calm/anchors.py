@@ -18,12 +18,28 @@ from torch import nn
 
 ENCODE_MODES = ("every_step", "once")  # anchors.encode
 
+
 def _read_label_file(path: Path | str) -> list[str]:
-    labels = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """The labels of a file, one per line (`cNNN ` prefixes stripped, blank lines skipped). Two lines with one label
+    (compared as CLIP's tokenizer reads them: case and spacing aside) would be two anchors with one prompt: refused,
+    naming both lines."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"label file {str(path)!r} cannot be read ({e}); a label file is UTF-8 text, one label per "
+                         "line") from None
+    labels: list[str] = []
+    lines: dict[str, list[int]] = {}  # label as the tokenizer reads it -> its line numbers
+    for number, line in enumerate(text.splitlines(), start=1):
         line = re.sub(r"^c\d{3}\s+", "", line.strip())  # Charades' `c000 Label` prefix
         if line:
             labels.append(line)
+            lines.setdefault(" ".join(line.lower().split()), []).append(number)
+    repeated = [f"{label!r} on lines {', '.join(map(str, numbers))}" for label, numbers in lines.items()
+                if len(numbers) > 1]
+    if repeated:
+        raise ValueError(f"label file {str(path)!r} lists a label more than once: {'; '.join(repeated)}; two anchors "
+                         "would share one prompt (CLIP's tokenizer ignores case and spacing): keep each label once")
     return labels
 
 
@@ -56,7 +72,8 @@ def load_labels(source: str) -> list[str]:
         if not labels:
             raise ValueError(f"label file {str(path)!r} has no labels")
         return labels
-    raise ValueError(f"{source!r} is neither a known label source nor an existing label file")
+    raise ValueError(f"{source!r} is neither a known label source nor an existing label file; valid: "
+                     f"{', '.join(list_label_sources())} or a label file path")
 
 
 def count_labels(source: str) -> int:

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import at_least, fraction, positive
 from calm_study.config import AnchorConfig, LossConfig, TrialConfig, calm_enabled
 from calm_study.models.calm.align import ALIGN_VARIANTS, Terms
-from calm_study.models.calm.anchors import AnchorBank, count_labels, list_label_sources, pick_labels
+from calm_study.models.calm.anchors import AnchorBank, count_labels, pick_labels
 from calm_study.models.calm.vae import AnchorVAE
 
 
@@ -91,25 +90,17 @@ def calm_part_knobs() -> tuple[str, ...]:
 
 
 def check_calm(cfg: TrialConfig) -> list[str]:
-    """Problems of the CALM knobs' values (only asked when CALM is on)."""
-    a, loss, v = cfg.anchors, cfg.loss, cfg.vae
+    """Problems of the CALM knobs' values that cross fields (only asked when CALM is on; every number's range is
+    checked with every field's, validate.check_trial): the template, the anchor count against the label source."""
+    a, loss = cfg.anchors, cfg.loss
     errs = [] if "{label}" in a.template else [f"anchors.template: {a.template!r} must contain {{label}}"]
-    if a.count < 1:
+    if a.count == 0:  # a negative count is out of its range, said with every field's
         errs.append(f"anchors.count: {a.count}: CALM (loss.align {loss.align}) needs at least one anchor; the baseline "
                     "without CALM is loss.align: none")
-    else:
-        try:
-            n = count_labels(a.source)
-            if a.count > n:
-                errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
-        except ValueError as e:
-            errs.append(f"anchors.source: {e}; valid: {', '.join(list_label_sources())} or a label file path")
-    errs += positive("anchors.tau", a.tau) + at_least("loss.align_weight", loss.align_weight, 0)
-    variant = ALIGN_VARIANTS.get(loss.align)  # None: an unknown name, reported by validation beside these
-    if variant is not None and variant.vae:
-        errs += at_least("loss.alpha", loss.alpha, 0) + at_least("vae.latent_dim", v.latent_dim, 1)
-        errs += fraction("vae.dropout", v.dropout)
-        for name in ("encoder_hidden", "decoder_hidden"):
-            if any(w < 1 for w in getattr(v, name)):
-                errs.append(f"vae.{name}: {list(getattr(v, name))}: every width must be >= 1")
+    try:
+        n = count_labels(a.source)
+        if a.count > n:
+            errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
+    except ValueError as e:
+        errs.append(f"anchors.source: {e}")
     return errs

@@ -2,19 +2,17 @@
 
 from dataclasses import fields
 
-from calm_study.checks import at_least, fraction
+from calm_study.checks import divides
+from calm_study.clip_archs import text_width
 from calm_study.config import CaptionConfig, TrialConfig
 from calm_study.tasks.captioning.task import CaptioningTask
 from calm_study.tasks.registry import TaskEntry
 
 
 def _check(cfg: TrialConfig) -> list[str]:
-    c = cfg.caption
-    return (at_least("caption.layers", c.layers, 1) + at_least("caption.heads", c.heads, 1)
-            + at_least("caption.beam_size", c.beam_size, 1) + at_least("caption.max_length", c.max_length, 2)
-            + at_least("caption.samples", c.samples, 0) + fraction("caption.dropout", c.dropout)
-            + fraction("caption.label_smoothing", c.label_smoothing)
-            + at_least("caption.length_penalty", c.length_penalty, 0))
+    """The decoder's heads against its width, CLIP's text width (the ranges of caption.*: config.py)."""
+    clip = cfg.model.clip
+    return divides("caption.heads", cfg.caption.heads, text_width(clip), f"the text width of model.clip {clip}")
 
 
 TASK = TaskEntry(name="captioning", build=CaptioningTask, check=_check,

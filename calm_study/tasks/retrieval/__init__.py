@@ -1,6 +1,6 @@
 """Text-video retrieval: the task, its leak-free pairwise scoring and its metrics."""
 
-from calm_study.checks import at_least, one_of
+from calm_study.checks import one_of
 from calm_study.config import TrialConfig
 from calm_study.tasks.registry import TaskEntry
 from calm_study.tasks.retrieval.metrics import retrieval_metrics
@@ -9,8 +9,7 @@ from calm_study.tasks.retrieval.task import RetrievalTask
 
 
 def _check(cfg: TrialConfig) -> list[str]:
-    ev = cfg.evaluation
-    return one_of("evaluation.protocol", ev.protocol, PROTOCOLS) + at_least("evaluation.text_chunk", ev.text_chunk, 1)
+    return one_of("evaluation.protocol", cfg.evaluation.protocol, PROTOCOLS)
 
 
 TASK = TaskEntry(name="retrieval", build=RetrievalTask, check=_check,
