@@ -49,6 +49,11 @@ class EpochRecord(TypedDict, total=False):
     checkpoint_bytes: int  # its size
 
 
+# What an epoch cost, not what it learned: differs between two runs of the same trial (machine load, folder names
+# stored in the checkpoint's config). Compare runs without them.
+COST_KEYS = ("train_s", "eval_s", "setup_s", "checkpoint_s", "checkpoint_bytes")
+
+
 # Named parameter groups, each with its own learning rate (optim.lr_<group>): CLIP's encoders and the new modules.
 LR_GROUPS = ("clip", "new")
 

@@ -226,7 +226,9 @@ def _trial(cfg, tmp_path, resume_dir=None):
 
 
 def untimed(metrics):
-    return {k: v for k, v in metrics.items() if not k.endswith("_s")}
+    from calm_study.names import COST_KEYS
+
+    return {k: v for k, v in metrics.items() if k not in COST_KEYS}
 
 
 @pytest.mark.slow

@@ -37,6 +37,10 @@ def test_fit_reports_every_epoch_with_named_terms_and_metrics(tiny_cfg, tmp_path
     assert state["epoch"] == 2 and state["config"]["anchors"]["count"] == 20
     assert set(state) >= {"model", "optimizer", "scheduler", "rng", "config"}
     json.dumps(rec.metrics)  # reportable as JSON
+    # What the epochs cost: set-up on the first epoch only, the checkpoint on each (its size, as written)
+    assert "setup_s" in rec.metrics[0] and "setup_s" not in rec.metrics[1]
+    assert [m["checkpoint_bytes"] for m in rec.metrics] == [
+        sum(f.stat().st_size for f in (tmp_path / f"epoch_{e}").rglob("*") if f.is_file()) for e in (1, 2)]
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_cfg, tmp_path):
