@@ -190,11 +190,12 @@ def _train_in_trial(trial: dict, rt: dict, started: float) -> None:
         resume = checkpoints.latest(storage, run_dir)
         try:
             with checkpoints.local_folder(storage, resume) as folder:
-                for message in repair_metric_log(storage, log_path, resume and log_record(resume.record, resume.path)):
+                resumed = log_record(resume.record, resume.path) if resume else None  # its epoch's line, if lost
+                for message in repair_metric_log(storage, log_path, resumed):
                     log(message)
                 fit(cfg, report, device=device, resume_dir=folder, log=log, started=started)
             return
-        except Exception as e:  # noqa: BLE001 - any fault of one attempt; retried like a failed Train worker group
+        except Exception as e:  # any fault of one attempt, retried like a failed Train worker group
             failures += 1
             if 0 <= rt["train_retries"] < failures:
                 raise
