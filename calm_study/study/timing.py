@@ -91,8 +91,8 @@ def lines(f: dict) -> list[str]:
     ratio = f"{f['wall_over_ideal']:.1f}x" if f["wall_over_ideal"] else "n/a"
     mb = "n/a" if f["checkpoint_bytes"] is None else f"{f['checkpoint_bytes'] / 1e6:.1f} MB"
     return [
-        f"time: wall {_s(f['wall_s'])}; training + evaluation {_s(f['train_eval_s'])} in {f['epochs']} epochs of "
-        f"{f['trials']} trials; ideal at {f['concurrency']} at a time {_s(f['ideal_wall_s'])} (wall {ratio} ideal)",
+        f"time: wall {_s(f['wall_s'])}; train + eval {_s(f['train_eval_s'])} in {f['epochs']} epochs, {f['trials']} "
+        f"trials; ideal {_s(f['ideal_wall_s'])} ({f['concurrency']} at once): wall {ratio} ideal",
         f"  per trial (median): start -> first step {_s(f['start_to_first_step_s'])} (in the trial's process "
         f"{_s(f['setup_in_trial_s'])}), last epoch -> done {_s(f['last_epoch_to_done_s'])}",
         f"  per epoch (median): checkpoint {_s(f['checkpoint_s'])}, {mb}",
