@@ -1,5 +1,3 @@
-import sys
+from calm_study.cli import entry
 
-from calm_study.cli import main
-
-sys.exit(main())
+entry()

@@ -11,18 +11,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from calm_study.data import (
+from calm_study.data.dataset import (
     EvalVideos,
     TrainPairs,
-    VideoDecodeError,
-    VideoRecord,
+    UnreadableVideosError,
+    apply_failure_policy,
+    check_videos,
     collate,
-    ensure_synthetic_dataset,
-    load_synthetic_split,
 )
-from calm_study.data.dataset import UnreadableVideosError, apply_failure_policy, check_videos
 from calm_study.data.frame_cache import FrameCache
-from calm_study.data.video import DECODERS, preprocess_frames, read_video
+from calm_study.data.records import VideoRecord
+from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
+from calm_study.data.video import DECODERS, VideoDecodeError, preprocess_frames, read_video
 
 T, S = 6, 32
 

@@ -6,16 +6,18 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calm_study.clip_archs import image_size, looks_like_path, missing_weights
 from calm_study.config import DataConfig, DatasetRef, TrialConfig
 from calm_study.configio import ConfigError
-from calm_study.data.dataset import apply_failure_policy, check_videos
-from calm_study.data.frame_cache import FrameCache
 from calm_study.data.readers import READERS, read_dataset
 from calm_study.data.records import VideoRecord
 from calm_study.names import DATA_ENV
 from calm_study.progress import say
+
+if TYPE_CHECKING:
+    from calm_study.data.frame_cache import FrameCache
 
 DataSet = tuple[DatasetRef, DataConfig, int, int]  # (reference, data config, frames T, image size S)
 
@@ -55,6 +57,8 @@ def frame_cache(cfg: DataConfig, num_frames: int, image_size: int) -> FrameCache
     """The study's decoded-frame cache, or None when data.frame_cache is empty."""
     if not cfg.frame_cache:
         return None
+    from calm_study.data.frame_cache import FrameCache
+
     return FrameCache(Path(cfg.frame_cache).expanduser(), num_frames, image_size, decoder=cfg.decoder)
 
 
@@ -62,8 +66,12 @@ def load_readable_records(ref: DatasetRef, cfg: DataConfig, cache: FrameCache | 
                           ) -> tuple[list[VideoRecord], list[tuple[VideoRecord, str]]]:
     """(records that can be read, the failures) under data.on_error: `error` raises naming the files, `skip` drops
     them (the caller logs and counts them)."""
+    from calm_study.data.dataset import apply_failure_policy
+
     records = load_records(ref, cfg)
-    failures = check_videos(records, decoder=cfg.decoder, frame_cache=cache)
+    # Remembered per file (the driver's check_all_videos, or an earlier trial, opened them): every trial of a study
+    # reads the same splits, and probing a few hundred videos costs each one about a second on 2 cores.
+    failures = _checked(records, cfg, cache)
     return apply_failure_policy(records, failures, cfg.on_error, ref.label), failures
 
 
@@ -100,6 +108,8 @@ VIDEO_CHECKS = "video_checks.json"  # in data.cache_dir: path -> [size, mtime_ns
 def _checked(records: list[VideoRecord], cfg: DataConfig, cache: FrameCache | None
              ) -> list[tuple[VideoRecord, str]]:
     """check_videos with a memo per file (size, modification time): a file already checked is not opened again."""
+    from calm_study.data.dataset import check_videos  # torch: only where a video is opened (the driver may not)
+
     memo_path = Path(cfg.cache_dir).expanduser() / VIDEO_CHECKS
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))

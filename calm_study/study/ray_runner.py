@@ -19,8 +19,6 @@ from pathlib import Path
 import ray
 import ray.train
 import ray.tune
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from calm_study.config import TrialConfig
 from calm_study.configio import set_path, to_dict
@@ -64,7 +62,6 @@ from calm_study.study.timing import TrialTimes, process_started, summarize
 from calm_study.study.timing import keep as keep_timing
 from calm_study.study.timing import lines as timing_lines
 from calm_study.study.tracking import EpochTracker, publish_settings, require_mlflow, sync_study
-from calm_study.training.fit import fit
 from calm_study.validate import trial_from_dict
 
 DRIVER_CPUS = 0.01  # the driver only waits on its TorchTrainer; a token CPU keeps Tune's accounting happy
@@ -92,6 +89,10 @@ class EpochLog(ray.train.UserCallback):
 
 def _worker_loop(config: dict) -> None:
     """Runs on every Train worker: resume from the run's latest checkpoint if there is one, then train."""
+    from ray.train.torch import get_device
+
+    from calm_study.training.fit import fit  # torch and the models: in the processes that train, not the driver
+
     cfg = trial_from_dict(config["trial"], f"trial {config['key']}", check=False)  # checked once, by the driver
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
@@ -111,7 +112,7 @@ def _worker_loop(config: dict) -> None:
         if ray.train.get_context().get_world_rank() == 0:
             say(f"[{config['key']}] {message}")
 
-    device = ray.train.torch.get_device()
+    device = get_device()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         _repair_log(config, None, log)
@@ -159,6 +160,8 @@ def _train_in_trial(trial: dict, rt: dict, started: float) -> None:
     Tune, in that order (a logged epoch is never trained again); a restart resumes from the latest stored
     checkpoint. An exception restarts the training here up to failures.train_retries times; a lost process or node
     is Tune's to retry (failures.trial_retries)."""
+    from calm_study.training.fit import fit
+
     storage = Storage(rt["storage"])
     key = trial["key"]
     run_dir = storage.path(rt["study"], TRAIN_FOLDER, run_name(key))
@@ -214,6 +217,9 @@ def _driver(config: dict) -> None:
     if rt.get("in_trial"):  # absent from studies begun before it existed: those keep Ray Train
         _train_in_trial(trial, rt, started)
         return
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     name = run_name(trial["key"])
     log_path = Storage(rt["storage"]).path(rt["study"], TRAIN_FOLDER, name, METRIC_LOG)
     run_config = ray.train.RunConfig(
@@ -447,12 +453,12 @@ def run_study(study: Study, address: str | None = None, fresh: bool = False, ver
     # Every check first, cheapest first: nothing is moved, created or started before they have all passed.
     if any(t.config.task == "captioning" for t in trials):
         require_java()  # METEOR and the PTB tokenizer score every captioning evaluation
-    if not address:
+    if address:
+        check_reachable(address)
+    elif gpus_per_trial(study):  # torch only for a GPU study: a CPU study's driver need not import it
         import torch
 
         check_gpus(study, torch.cuda.device_count(), "this machine")
-    else:
-        check_reachable(address)
     check_writable(files.storage, files.root, "storage")
     check_writable(Storage(study.results_dir), Storage(study.results_dir).path(study.name), "results_dir")
     require_mlflow(study)  # tracking.mlflow configured: the mlflow package is installed
