@@ -16,7 +16,6 @@ from calm_study.config import calm_enabled
 from calm_study.configio import ConfigError, load_yaml
 from calm_study.external import JavaMissingError
 from calm_study.names import study_name_problem
-from calm_study.report import ReportError
 from calm_study.study.results import ResultsError
 from calm_study.study.state import StudyStateError
 from calm_study.study.storage import StorageError
@@ -326,10 +325,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StudyStateError, StorageError, ReportError, ResultsError, FileNotFoundError,
-            JavaMissingError) as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can fix, printed as their one paragraph (exit status 2). The report's is among them once a
+    command has imported the report (pandas and scipy: a second that `validate` and `run`'s start need not pay)."""
+    report = sys.modules.get("calm_study.report.select")
+    return (ConfigError, StudyStateError, StorageError, ResultsError, FileNotFoundError, JavaMissingError,
+            *((report.ReportError,) if report else ()))
 
 
 def entry() -> None:
@@ -338,6 +346,8 @@ def entry() -> None:
     what is skipped is the interpreter's teardown of every loaded module, 1-2 s once torch, open_clip and Ray are
     loaded (docs/performance.md), which frees nothing the operating system does not free anyway."""
     code = main()
+    if sys.getprofile() or sys.gettrace():  # a profiler or coverage writes its data at the normal exit
+        sys.exit(code)
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

@@ -2,33 +2,76 @@
 widths, whether `model.pretrained` names a file or a tag, and whether a tag's weights are on this machine or can be
 downloaded.
 
-A leaf (it imports open_clip and nothing from calm_study), so data/ and validate.py can ask these questions without
-importing models/. `calm-tiny` (calm_study/models/configs/calm-tiny.json: 32² images, 2-layer towers, width 64) is
-registered with open_clip so demos and tests run the real open_clip code on CPU without downloading weights.
+A leaf (it imports nothing from calm_study), so data/ and validate.py can ask these questions without importing
+models/. The architectures and their sizes are read from open_clip's model config files (and calm_study's own)
+the way open_clip reads them, without importing open_clip: that import (with torch and torchvision, about 3 s) is
+left to the processes that build a model, so that `validate` and a study's driver start in a second
+(tests/test_clip_archs.py checks the two readings agree). `calm-tiny` (calm_study/models/configs/calm-tiny.json: 32²
+images, 2-layer towers, width 64) is registered with open_clip so demos and tests run the real open_clip code on CPU
+without downloading weights.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
-import open_clip
-
 TINY_MODELS = ("calm-tiny",)
+_REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")  # a config file open_clip registers has all three
+
+
+def _config_folders() -> list[Path]:
+    """open_clip's model_configs folder (found without importing the package), then calm_study's."""
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    return [*folders, Path(str(resources.files("calm_study") / "models" / "configs"))]
+
+
+@functools.cache
+def _model_configs() -> dict[str, dict]:
+    """Architecture name -> its config, as open_clip's registry holds them once calm_study's are added (a later
+    folder's file of the same name wins, as with open_clip.add_model_config)."""
+    configs: dict[str, dict] = {}
+    for folder in _config_folders():
+        for path in sorted(folder.glob("*.json")):
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            if all(key in cfg for key in _REQUIRED_KEYS):
+                configs[path.stem] = cfg
+    return dict(sorted(configs.items(), key=lambda item: _natural_key(item[0])))  # open_clip's order
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def list_archs() -> list[str]:
+    """Every architecture `model.clip` may name: open_clip.list_models() with calm_study's tiny ones."""
+    return list(_model_configs())
+
+
+def model_config(arch: str) -> dict | None:
+    """open_clip.get_model_config(arch) for a registered architecture (None for any other name)."""
+    cfg = _model_configs().get(arch)
+    return json.loads(json.dumps(cfg)) if cfg is not None else None  # a copy, as open_clip returns
 
 
 def register_tiny_models() -> None:
-    """Add calm_study's small architectures to open_clip's model registry (idempotent)."""
+    """Add calm_study's small architectures to open_clip's model registry (idempotent); for building a model."""
+    import open_clip
+
     if all(name in open_clip.list_models() for name in TINY_MODELS):
         return
-    open_clip.add_model_config(Path(str(resources.files("calm_study") / "models" / "configs")))
+    open_clip.add_model_config(_config_folders()[-1])
 
 
 def image_size(arch: str) -> int:
     """The input resolution S of an open_clip architecture (S x S frames), without building the model."""
-    register_tiny_models()
-    size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
+    size = (model_config(arch) or {}).get("vision_cfg", {}).get("image_size", 224)
     return side(size)
 
 
@@ -36,16 +79,14 @@ def embed_width(arch: str) -> int | None:
     """The embedding width D of an open_clip architecture (its image and text features, what the temporal fusion and
     the text-conditioned pooling work in), without building the model; None for an architecture open_clip does not
     know."""
-    register_tiny_models()
-    width = (open_clip.get_model_config(arch) or {}).get("embed_dim")
+    width = (model_config(arch) or {}).get("embed_dim")
     return int(width) if width else None
 
 
 def text_width(arch: str) -> int | None:
     """The width of an architecture's text transformer (of its token embedding, what the caption decoder works in);
     None where open_clip does not know the architecture or its text tower is not its own (a Hugging Face model)."""
-    register_tiny_models()
-    width = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("width")
+    width = (model_config(arch) or {}).get("text_cfg", {}).get("width")
     return int(width) if width else None
 
 

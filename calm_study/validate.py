@@ -140,12 +140,9 @@ def canonical_trial(cfg: TrialConfig) -> TrialConfig:
 def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
     """The architecture is one open_clip knows; `pretrained` is one of its tags or an existing file (nothing is
     downloaded or loaded here: the pre-flight check loads a file once before Ray starts)."""
-    import open_clip
+    from calm_study.clip_archs import list_archs, looks_like_path
 
-    from calm_study.clip_archs import looks_like_path, register_tiny_models
-
-    register_tiny_models()
-    archs = open_clip.list_models()
+    archs = list_archs()
     if arch not in archs:
         return [f"model.clip: {arch!r} is not an open_clip architecture{did_you_mean(arch, archs)}; see "
                 "open_clip.list_models() (calm_study adds calm-tiny)"]
@@ -155,6 +152,8 @@ def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
         if not Path(pretrained).expanduser().is_file():
             return [f"model.pretrained: the checkpoint file {pretrained!r} does not exist"]
         return []
+    import open_clip  # a pretrained tag only: its list is open_clip's code, not a file
+
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if pretrained not in tags:
         return [f"model.pretrained: {pretrained!r} is not a pretrained tag of {arch}{did_you_mean(pretrained, tags)};"

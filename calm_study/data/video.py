@@ -19,8 +19,6 @@ import av
 import decord
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
-from torchvision.transforms import InterpolationMode
 
 # OpenAI CLIP normalisation constants (identical to open_clip OPENAI_DATASET_MEAN / OPENAI_DATASET_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -285,6 +283,10 @@ def resize_crop_frames(frames: torch.Tensor, image_size: int) -> torch.Tensor:
         raise ValueError(f"expected uint8 frames, got {frames.dtype}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    # torchvision (about 1.5 s to import) only where frames are resized: a trial on cached frames or features never is
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     x = frames.permute(0, 3, 1, 2).to(torch.float32)  # (T, 3, H, W) in [0, 255]
     x = TF.resize(x, [image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)  # shorter side == S
     x = TF.center_crop(x, [image_size, image_size])  # (T, 3, S, S)

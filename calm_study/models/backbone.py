@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 from torch import nn
 
 from calm_study.clip_archs import TINY_MODELS, looks_like_path, register_tiny_models, side
@@ -21,6 +19,10 @@ class CLIPBackbone(nn.Module):
 
     def __init__(self, arch: str, pretrained: str | None):
         super().__init__()
+        # open_clip (with torchvision, about 2 s) is imported where a model is built: validation and a study's driver
+        # read architecture facts from clip_archs, which needs neither
+        import open_clip
+
         register_tiny_models()
         if arch not in open_clip.list_models():
             raise ValueError(f"model.clip: {arch!r} is not an open_clip architecture; see open_clip.list_models() "
@@ -70,6 +72,8 @@ class CLIPBackbone(nn.Module):
         cast = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(text).to(cast) + clip.positional_embedding[:used].to(cast)  # (N, L', W)
         x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:used, :used]))
+        from open_clip.transformer import text_global_pool  # imported with the model, in __init__
+
         x = text_global_pool(x, text, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))  # (N, W)
         if clip.text_projection is None:
             return x
