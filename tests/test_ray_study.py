@@ -1,6 +1,7 @@
 """A real Ray Tune + Ray Train run of a 2-trial study through the CLI (interrupted by Ctrl-C, then completed), its
 Parquet, its MLflow runs, and an idempotent re-run; and the shipped demo study run frozen."""
 
+import json
 import os
 import re
 import signal
@@ -123,3 +124,44 @@ def test_demo_anchor_ablation_runs_frozen_and_its_trials_share_the_feature_cache
     table = run.stdout[run.stdout.index("anchor_ablation: "):run.stdout.index("study anchor_ablation:")]
     assert max(map(len, table.splitlines())) <= 120, table
     assert len(re.findall(r"^\[[0-9a-f]{10}-s0\] epoch \d/2: ", run.stderr, flags=re.M)) == 6 * 2
+
+
+def run_python(code: str) -> str:
+    """The last line a fresh interpreter prints running `code` from the repository root."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         timeout=120)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_tunes_callback_telemetry_is_recorded_without_importing_every_integration():
+    """Ray Tune's own tag_callbacks imports each logger integration it knows (mlflow with it, where installed) to
+    name a run's callbacks; the driver's replacement records the same kind of count without those imports."""
+    pytest.importorskip("mlflow")  # without mlflow, Ray's own function is cheap too: nothing to tell apart
+    code = """
+import json, sys
+from calm_study.study import ray_runner
+from ray.air._internal import usage
+replace = {replace}
+if replace:
+    ray_runner._tag_callbacks_without_imports()
+recorded = usage.tag_callbacks([ray_runner.TrialProgress(3)])
+print(json.dumps([recorded, "mlflow" in sys.modules, "ray.air.integrations.mlflow" in sys.modules]))
+"""
+    assert json.loads(run_python(code.format(replace=True))) == [True, False, False]
+    assert json.loads(run_python(code.format(replace=False)))[1:] == [True, True]  # what the replacement avoids
+
+
+def test_stop_ray_ends_every_process_ray_init_started():
+    code = """
+import json, ray
+from calm_study.study.ray_runner import stop_ray
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+node = ray._private.worker._global_node
+processes = {kind: [info.process for info in infos] for kind, infos in node.all_processes.items()}
+stop_ray()
+alive = [kind for kind, ps in processes.items() if any(p.poll() is None for p in ps)]
+print(json.dumps([ray.is_initialized(), sorted(processes), alive]))
+"""
+    initialized, kinds, alive = json.loads(run_python(code))
+    assert not initialized and "monitor" in kinds and "raylet" in kinds, kinds
+    assert alive == []
