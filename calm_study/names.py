@@ -56,6 +56,9 @@ COST_KEYS = ("train_s", "eval_s", "setup_s", "checkpoint_s", "checkpoint_bytes")
 
 # Named parameter groups, each with its own learning rate (optim.lr_<group>): CLIP's encoders and the new modules.
 LR_GROUPS = ("clip", "new")
+# optim.name and optim.schedule (training/optim.py builds each; here so that validation needs no torch)
+OPTIMIZERS = ("adamw", "bertadam")
+SCHEDULES = ("warmup_cosine", "constant_decay")
 
 
 def lr_column(group: str) -> str:

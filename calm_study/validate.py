@@ -11,7 +11,7 @@ from pathlib import Path
 from calm_study.checks import one_of, range_problems
 from calm_study.config import DataConfig, OptimConfig, TrialConfig, calm_enabled
 from calm_study.configio import ConfigError, did_you_mean, flatten, from_dict, set_path, to_dict
-from calm_study.names import PRECISIONS
+from calm_study.names import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
 def check_trial(cfg: TrialConfig) -> list[str]:
@@ -22,8 +22,8 @@ def check_trial(cfg: TrialConfig) -> list[str]:
     refused (`unread_knobs`). Every number is checked against the valid values its field declares (config.valid),
     so none of them writes a range check. What remains here is what crosses components, and the shared sections."""
     from calm_study.models.calm import check_calm
-    from calm_study.models.calm.align import list_align_losses
-    from calm_study.models.calm.anchors import ENCODE_MODES
+    from calm_study.models.calm.labels import ENCODE_MODES
+    from calm_study.models.calm.variants import list_align_losses
     from calm_study.models.families import FAMILIES, list_families
     from calm_study.tasks import TASKS, list_tasks
 
@@ -62,7 +62,7 @@ def unread_knobs(cfg: TrialConfig) -> list[str]:
     read: it would train the same model as without it, under a new arm id (a sweep over it would report seed noise
     as an effect). Each message names who does read the knob."""
     from calm_study.models.calm import CALM_KNOBS, calm_knobs, calm_part_knobs
-    from calm_study.models.calm.align import ALIGN_VARIANTS
+    from calm_study.models.calm.variants import ALIGN_VARIANTS
     from calm_study.models.families import FAMILIES
     from calm_study.tasks import TASKS
 
@@ -108,8 +108,6 @@ def _check_shared(cfg: TrialConfig) -> list[str]:
     o = cfg.optim
     if len(o.betas) != 2:
         errs.append(f"optim.betas: expected two numbers (β1, β2), got {list(o.betas)}")
-    from calm_study.training.optim import OPTIMIZERS, SCHEDULES
-
     errs += one_of("optim.name", o.name, OPTIMIZERS) + one_of("optim.schedule", o.schedule, SCHEDULES)
     if o.schedule in SCHEDULES and o.schedule != "constant_decay" and o.epoch_decay != OptimConfig.epoch_decay:
         # like unread_knobs: a knob nothing reads would train the same model under another arm id
@@ -162,9 +160,8 @@ def _check_backbone(arch: str, pretrained: str | None) -> list[str]:
 
 
 def _check_data(d: DataConfig) -> list[str]:
-    from calm_study.data.dataset import FAILURE_POLICIES
     from calm_study.data.readers import READERS
-    from calm_study.data.video import DECODERS
+    from calm_study.data.records import DECODERS, FAILURE_POLICIES
 
     errs = one_of("data.decoder", d.decoder, DECODERS) + one_of("data.on_error", d.on_error, FAILURE_POLICIES)
     for i, ref in enumerate((d.train, *d.eval)):

@@ -17,7 +17,7 @@ from calm_study.config import TrialConfig, calm_enabled
 from calm_study.configio import flatten, to_dict
 from calm_study.data.dataset import EvalVideos, TrainPairs, collate
 from calm_study.data.sources import load_records
-from calm_study.models.calm.align import list_align_losses
+from calm_study.models.calm.variants import list_align_losses
 from calm_study.models.clip_family import FROZEN_KEPT
 from calm_study.models.families import FAMILIES, build_model
 from calm_study.names import loss_column

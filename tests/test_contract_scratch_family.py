@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from calm_study.configio import ConfigError
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import build_calm_head
-from calm_study.models.calm.align import ALIGN_VARIANTS, AlignVariant, list_align_losses
+from calm_study.models.calm.head import build_calm_head
+from calm_study.models.calm.variants import ALIGN_VARIANTS, AlignVariant, list_align_losses
 from calm_study.models.clip_family import CLIPFamily
 from calm_study.models.families import FAMILIES
 from calm_study.models.registry import Family

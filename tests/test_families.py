@@ -332,3 +332,18 @@ def test_padded_frame_slots_change_no_score_and_no_training_output(tiny_doc):
     for protocol in ("leakfree", "tmass_compat"):
         assert torch.allclose(score_banks(model, text_bank, clean_bank, protocol=protocol),
                               score_banks(model, text_bank, dirty_bank, protocol=protocol), atol=1e-6), protocol
+
+
+def test_the_registry_names_what_the_family_modules_build():
+    """The torch-free registry (models/families.py) spells the temporal fusions and resolves every lazy path."""
+    from calm_study.lazy import Lazy
+    from calm_study.models.families import FAMILIES, TEMPORAL_FUSIONS
+    from calm_study.models.temporal import list_temporal_fusions
+
+    assert sorted(TEMPORAL_FUSIONS) == list_temporal_fusions()
+    for family in FAMILIES.values():
+        for ref in (family.build, family.random_banks):
+            if isinstance(ref, Lazy):
+                assert callable(ref.resolve()), ref
+    with pytest.raises(ImportError, match="registry entry 'calm_study.models.tmass:no_such'"):
+        Lazy("calm_study.models.tmass:no_such")()

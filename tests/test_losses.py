@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from calm_study.config import LossConfig, TrialConfig
-from calm_study.models.calm import anchor_log_probs
-from calm_study.models.calm.align import ALIGN_VARIANTS
+from calm_study.models.calm.head import anchor_log_probs
 from calm_study.models.calm.vae import AnchorVAE
+from calm_study.models.calm.variants import ALIGN_VARIANTS
 from calm_study.models.families import build_model
 from calm_study.models.losses import symmetric_cross_entropy
 from calm_study.tasks.base import weighted_total

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm.anchors import list_label_sources, load_labels, pick_labels
+from calm_study.models.calm.labels import list_label_sources, load_labels, pick_labels
 from calm_study.models.families import build_model
 from calm_study.models.temporal import build_temporal_fusion
 from calm_study.validate import trial_from_dict

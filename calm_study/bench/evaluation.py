@@ -13,14 +13,18 @@ import gc
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from calm_study.bench.step import captions, fmt_s
 from calm_study.config import TrialConfig
-from calm_study.models.families import Bank, VideoTextModel, build_model, family_of
+from calm_study.models.families import VideoTextModel, build_model, family_of
 from calm_study.progress import say
 from calm_study.tasks.retrieval.scoring import score_banks
+
+if TYPE_CHECKING:
+    from calm_study.models.registry import Bank
 
 
 def rss_mib() -> float:

@@ -11,12 +11,16 @@ from torch.utils.data import Dataset
 
 from calm_study.data.feature_cache import SplitFeatures
 from calm_study.data.frame_cache import FrameCache
-from calm_study.data.records import VideoRecord
+from calm_study.data.records import (  # noqa: F401 (the failure policy's names, also this module's)
+    DECODERS,
+    FAILURE_POLICIES,
+    UnreadableVideosError,
+    VideoRecord,
+    apply_failure_policy,
+)
 from calm_study.data.video import (
     CLIP_MEAN,
     CLIP_STD,
-    DECODERS,
-    VideoDecodeError,
     normalise_frames,
     preprocess_frames,
     probe_video,
@@ -26,7 +30,6 @@ from calm_study.names import FRAME_FEATURES
 from calm_study.progress import say
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per RGB channel
-FAILURE_POLICIES = ("error", "skip")
 
 
 class _ClipLoader:
@@ -144,25 +147,6 @@ def collate(batch: list[dict]) -> dict:
     return out
 
 
-class UnreadableVideosError(VideoDecodeError):
-    """Some videos of a data source cannot be read (failure policy "error"). ``failures``: [(path, reason)]."""
-
-    def __init__(self, source: str, failures: list[tuple[str, str]], total: int) -> None:
-        self.source = source
-        self.failures = failures
-        self.total = total
-        shown = "\n".join(f"  {path}: {reason}" for path, reason in failures[:10])
-        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
-        message = (f"{len(failures)} of {total} videos of {source} cannot be read:\n{shown}{more}\n"
-                   f"Fix or remove them, or use the 'skip' failure policy to go on without them.")
-        RuntimeError.__init__(self, message)  # not VideoDecodeError's "cannot decode video <path>: ..." wording
-        self.path = failures[0][0] if failures else ""
-        self.reason = message
-
-    def __reduce__(self):
-        return (type(self), (self.source, self.failures, self.total))
-
-
 def check_videos(records: Sequence[VideoRecord], *, decoder: str = "decord", frame_cache: FrameCache | None = None,
                  workers: int = 4, progress: bool = False) -> list[tuple[VideoRecord, str]]:
     """The records that cannot be read and why, in record order.
@@ -190,18 +174,3 @@ def check_videos(records: Sequence[VideoRecord], *, decoder: str = "decord", fra
                 bad = sum(r is not None for r in reasons)
                 say(f"checking videos: {done}/{len(records)}, {done / max(now - start, 1e-9):.0f}/s, {bad} unreadable")
     return [(record, why) for record, why in zip(records, reasons) if why is not None]
-
-
-def apply_failure_policy(records: Sequence[VideoRecord], failures: Sequence[tuple[VideoRecord, str]], policy: str,
-                         source: str) -> list[VideoRecord]:
-    """Act on check_videos' ``failures`` among ``records`` (read from ``source``, which the error names).
-
-    "error": raise UnreadableVideosError (a VideoDecodeError) listing up to 10 files and the count, if any failed;
-    "skip": return the records without the failed ones (the caller logs and counts them).
-    """
-    if policy not in FAILURE_POLICIES:
-        raise ValueError(f"unknown failure policy {policy!r}; valid policies: {', '.join(FAILURE_POLICIES)}")
-    if policy == "error" and failures:
-        raise UnreadableVideosError(source, [(str(record.path), why) for record, why in failures], len(records))
-    failed = {record for record, _ in failures}
-    return [record for record in records if record not in failed]

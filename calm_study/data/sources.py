@@ -66,7 +66,7 @@ def load_readable_records(ref: DatasetRef, cfg: DataConfig, cache: FrameCache | 
                           ) -> tuple[list[VideoRecord], list[tuple[VideoRecord, str]]]:
     """(records that can be read, the failures) under data.on_error: `error` raises naming the files, `skip` drops
     them (the caller logs and counts them)."""
-    from calm_study.data.dataset import apply_failure_policy
+    from calm_study.data.records import apply_failure_policy
 
     records = load_records(ref, cfg)
     # Remembered per file (the driver's check_all_videos, or an earlier trial, opened them): every trial of a study

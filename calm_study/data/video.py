@@ -20,10 +20,11 @@ import decord
 import numpy as np
 import torch
 
+from calm_study.data.records import DECODERS, VideoDecodeError  # noqa: F401 (also this module's names)
+
 # OpenAI CLIP normalisation constants (identical to open_clip OPENAI_DATASET_MEAN / OPENAI_DATASET_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DECODERS = ("decord", "pyav")
 # Version of the frame pipeline (which frames are sampled, how windows and padding work, resize/crop/rounding). The
 # frame cache keys its entries on it: bump it whenever a change here alters the uint8 frames a clip yields.
 SAMPLING_VERSION = 1
@@ -33,18 +34,6 @@ WINDOW_TOLERANCE_S = 1e-3
 # PyAV seeks forward to a keyframe only when that skips more than this many frames: a seek flushes the decoder,
 # whose B-frame delay is then decoded again, so hopping to a keyframe a frame or two ahead costs more than it saves.
 _SEEK_MIN_SKIP = 4
-
-
-class VideoDecodeError(RuntimeError):
-    """A video file is missing or cannot be decoded. The message names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot decode video {self.path}: {reason}")
-
-    def __reduce__(self):  # keep the exception picklable across DataLoader worker processes
-        return (type(self), (self.path, self.reason))
 
 
 def sample_frame_indices(num_video_frames: int, num_samples: int) -> list[int]:

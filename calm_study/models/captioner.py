@@ -19,10 +19,9 @@ from torch import nn
 
 from calm_study.config import CaptionConfig, TrialConfig
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import CALMHead, build_calm_head
+from calm_study.models.calm.head import CALMHead, build_calm_head
 from calm_study.models.caption_decoder import CaptionDecoder, beam_search, greedy
 from calm_study.models.clip_family import CLIPFamily
-from calm_study.models.registry import Family
 from calm_study.models.temporal import masked_mean
 from calm_study.names import LR_GROUPS
 
@@ -116,8 +115,3 @@ def build_captioner(cfg: TrialConfig) -> Captioner:
     decoder = CaptionDecoder(token_embedding, backbone.embed_dim, c.layers, c.heads, c.dropout)
     calm = build_calm_head(cfg, backbone.tokenize, backbone.encode_text, backbone.embed_dim)
     return Captioner(backbone, decoder, calm, c, cfg.loss.logit_scale_max)
-
-
-# The decoder's knobs (caption.*) belong to task captioning (tasks/__init__.py), which this family alone serves.
-FAMILY = Family(name="captioner", build=build_captioner, task="captioning",
-                summary="CoCap's caption decoder over the CLIP frame tokens (task captioning)")

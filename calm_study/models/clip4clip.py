@@ -12,15 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import divides, one_of
-from calm_study.clip_archs import embed_width
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import CALMHead, build_calm_head
+from calm_study.models.calm.head import CALMHead, build_calm_head
 from calm_study.models.clip_family import CLIPFamily
-from calm_study.models.registry import Family
-from calm_study.models.temporal import build_temporal_fusion, list_temporal_fusions, masked_mean
+from calm_study.models.temporal import build_temporal_fusion, masked_mean
 
 
 class Clip4Clip(CLIPFamily):
@@ -66,30 +63,8 @@ def build_clip4clip(cfg: TrialConfig) -> Clip4Clip:
     return Clip4Clip(backbone, fusion, calm, cfg.loss.logit_scale_max)
 
 
-def _reads(cfg: TrialConfig) -> tuple[str, ...]:
-    """The fusion's own knobs only when it is the transformer (mean fusion has none)."""
-    return FAMILY.knobs if cfg.model.temporal == "transformer" else ("model.temporal",)
-
-
-def _check(cfg: TrialConfig) -> list[str]:
-    """The fusion's name, and (transformer) its heads against the width it attends over (ranges: config.py)."""
-    m = cfg.model
-    errs = one_of("model.temporal", m.temporal, list_temporal_fusions())
-    if m.temporal == "transformer":
-        errs += divides("model.temporal_heads", m.temporal_heads, embed_width(m.clip),
-                        f"the embedding width of model.clip {m.clip}")
-    return errs
-
-
-def _random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
+def random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised features: text (N_text, D), video (N_video, D)."""
     return (F.normalize(torch.randn(n_text, width, generator=g), dim=-1),
             F.normalize(torch.randn(n_video, width, generator=g), dim=-1))
-
-
-FAMILY = Family(
-    name="clip4clip", build=build_clip4clip, task="retrieval",
-    summary="CLIP frame features fused over time (mean or transformer) into one text-independent video feature",
-    knobs=("model.temporal", "model.temporal_layers", "model.temporal_heads", "model.temporal_dropout"),
-    reads=_reads, check=_check, random_banks=_random_banks)

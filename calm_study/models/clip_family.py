@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import CALMHead
+from calm_study.models.calm.head import CALMHead
 from calm_study.names import FRAME_FEATURES, LR_GROUPS
 
 BACKBONE = "backbone"  # the families' attribute holding CLIP, so the first part of its state-dict keys

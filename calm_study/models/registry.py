@@ -1,29 +1,33 @@
 """What a registry entry of a model family carries: everything calm_study needs to know about the family.
 
-A family module defines its entry beside its code (`FAMILY = Family(...)` at the end of models/tmass.py, ...) and
-models/families.py lists the entries; a new family is a new module plus one line there (or `register_family` from
-outside the package, as the contract test does). Nothing else (validation, bench, report) names a family.
+Every entry is in models/families.py, which imports no torch: the builder and the random banks are named by path
+(`Lazy("calm_study.models.tmass:build_tmass")`, calm_study/lazy.py) and imported when called, the knobs and checks are
+plain Python. A new family is a module with its builder plus one entry there (or `register_family` from outside the
+package, as the contract test does, with plain functions). Nothing else (validation, bench, report) names a family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from calm_study.checks import no_problems
 from calm_study.config import TrialConfig
 
-Bank = torch.Tensor | dict[str, torch.Tensor]
-# (n_text, n_video, num_frames, width, cfg, generator) -> (text bank, video bank) with the family's keys and shapes
-RandomBanks = Callable[[int, int, int, int, TrialConfig, torch.Generator], tuple[Bank, Bank]]
+if TYPE_CHECKING:  # annotations only: the registry imports no torch
+    import torch
+
+    Bank = torch.Tensor | dict[str, torch.Tensor]
+    # (n_text, n_video, num_frames, width, cfg, generator) -> (text bank, video bank) with the family's keys and shapes
+    RandomBanks = Callable[[int, int, int, int, TrialConfig, torch.Generator], tuple[Bank, Bank]]
 
 
 @dataclass(frozen=True)
 class Family:
     name: str  # the value of model.family
-    build: Callable[[TrialConfig], torch.nn.Module]  # the model of a trial config (its CALM head included)
+    # the model of a trial config (its CALM head included): a function, or Lazy naming one (calm_study/lazy.py)
+    build: Callable[[TrialConfig], torch.nn.Module]
     task: str  # the task it serves (tasks/): retrieval | captioning
     summary: str  # one line for listings and docs
     # model.* keys only some families read (model.family, clip, pretrained, frozen are everyone's); a non-default

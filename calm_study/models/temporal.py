@@ -48,14 +48,14 @@ class TransformerFusion(nn.Module):
         return masked_mean(x, mask)  # (B, D)
 
 
-TEMPORAL_FUSIONS: dict[str, type[nn.Module]] = {"mean": MeanFusion, "transformer": TransformerFusion}
+FUSIONS: dict[str, type[nn.Module]] = {"mean": MeanFusion, "transformer": TransformerFusion}
 
 
 def list_temporal_fusions() -> list[str]:
-    return sorted(TEMPORAL_FUSIONS)
+    return sorted(FUSIONS)
 
 
 def build_temporal_fusion(name: str, width: int, num_frames: int, layers: int, heads: int, dropout: float) -> nn.Module:
-    if name not in TEMPORAL_FUSIONS:
+    if name not in FUSIONS:
         raise ValueError(f"unknown temporal fusion {name!r}; valid: {', '.join(list_temporal_fusions())}")
-    return TEMPORAL_FUSIONS[name](width, num_frames, layers=layers, heads=heads, dropout=dropout)
+    return FUSIONS[name](width, num_frames, layers=layers, heads=heads, dropout=dropout)

@@ -25,16 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import one_of
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import build_calm_head
+from calm_study.models.calm.head import build_calm_head
 from calm_study.models.losses import symmetric_cross_entropy
-from calm_study.models.registry import Family
-from calm_study.models.xpool import POOL_KNOBS, TextConditionedPool, XPool, check_pool, pooled_cosine, random_pool_banks
-
-PRIORS = ("uniform01", "normal")  # model.prior
+from calm_study.models.xpool import TextConditionedPool, XPool, pooled_cosine, random_pool_banks
 
 
 def repeat_last_real(cos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -168,27 +164,9 @@ def build_tmass(cfg: TrialConfig) -> TMASS:
     return model
 
 
-KNOBS = (*POOL_KNOBS, "model.prior", "model.prior_std", "model.support_weight", "model.trials", "model.eval_seed")
-
-
-def _reads(cfg: TrialConfig) -> tuple[str, ...]:
-    """prior_std only under the normal prior (uniform01 has no width)."""
-    return KNOBS if cfg.model.prior == "normal" else tuple(k for k in KNOBS if k != "model.prior_std")
-
-
-def _check(cfg: TrialConfig) -> list[str]:
-    return check_pool(cfg) + one_of("model.prior", cfg.model.prior, PRIORS)
-
-
-def _random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
+def random_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
                   g: torch.Generator) -> tuple[dict, dict]:
     """X-Pool's banks plus the model.trials draws of ε per text: (N_text, trials, D), T-MASS's uniform prior."""
     text, video = random_pool_banks(n_text, n_video, num_frames, width, cfg, g)
     text["noise"] = torch.rand(n_text, cfg.model.trials, width, generator=g)
     return text, video
-
-
-FAMILY = Family(
-    name="tmass", build=build_tmass, task="retrieval",
-    summary="X-Pool pooling + T-MASS's stochastic text (the paper's baseline)", knobs=KNOBS, reads=_reads,
-    check=_check, text_conditioned=True, loss_terms=("support",), random_banks=_random_banks)

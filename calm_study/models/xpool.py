@@ -20,14 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.checks import divides
-from calm_study.clip_archs import embed_width
 from calm_study.config import TrialConfig
 from calm_study.distributed import gather_with_grad
 from calm_study.models.backbone import CLIPBackbone
-from calm_study.models.calm import CALMHead, build_calm_head
+from calm_study.models.calm.head import CALMHead, build_calm_head
 from calm_study.models.clip_family import CLIPFamily
-from calm_study.models.registry import Family
 from calm_study.models.temporal import masked_mean
 
 
@@ -128,24 +125,9 @@ def build_xpool(cfg: TrialConfig) -> XPool:
     return XPool(backbone, pool, calm, cfg.loss.logit_scale_max)
 
 
-POOL_KNOBS = ("model.pool_heads", "model.pool_dropout")
-
-
-def check_pool(cfg: TrialConfig) -> list[str]:
-    """The text-conditioned pooling's heads against the width it attends over (xpool and tmass; ranges: config.py)."""
-    m = cfg.model
-    return divides("model.pool_heads", m.pool_heads, embed_width(m.clip), f"the embedding width of model.clip {m.clip}")
-
-
 def random_pool_banks(n_text: int, n_video: int, num_frames: int, width: int, cfg: TrialConfig,
                       g: torch.Generator) -> tuple[dict, dict]:
     """Raw text (N_text, D); frames (N_video, T, D) with their mask (N_video, T)."""
     return ({"text": torch.randn(n_text, width, generator=g)},
             {"frames": torch.randn(n_video, num_frames, width, generator=g),
              "mask": torch.ones(n_video, num_frames, dtype=torch.bool)})
-
-
-FAMILY = Family(
-    name="xpool", build=build_xpool, task="retrieval",
-    summary="X-Pool: each video pooled over its frames by the query text", knobs=POOL_KNOBS, check=check_pool,
-    text_conditioned=True, random_banks=random_pool_banks)

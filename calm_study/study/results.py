@@ -52,7 +52,7 @@ def loss_terms() -> tuple[str, ...]:
     """Every loss term a registered component logs, from its owner: "total", each task's terms, each family's own
     (T-MASS's "support") and each alignment variant's. A component registered later (register_family, ...) is
     included, so every study's file carries the same loss columns and `pd.read_parquet("results")` drops none."""
-    from calm_study.models.calm.align import ALIGN_VARIANTS
+    from calm_study.models.calm.variants import ALIGN_VARIANTS
     from calm_study.models.families import FAMILIES
     from calm_study.tasks import TASKS
 

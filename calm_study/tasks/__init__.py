@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from calm_study.config import TrialConfig
 from calm_study.tasks import captioning, retrieval
-from calm_study.tasks.base import Task
 from calm_study.tasks.registry import TaskEntry
+
+if TYPE_CHECKING:  # the Task protocol imports torch; the registry stays without it (calm_study/lazy.py)
+    from calm_study.tasks.base import Task
 
 TASKS: dict[str, TaskEntry] = {t.name: t for t in (retrieval.TASK, captioning.TASK)}
 

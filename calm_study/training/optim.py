@@ -10,7 +10,7 @@ import torch
 
 from calm_study.config import OptimConfig
 from calm_study.models.families import VideoTextModel
-from calm_study.names import LR_GROUPS, lr_column
+from calm_study.names import LR_GROUPS, SCHEDULES, lr_column
 
 
 def group_lrs(o: OptimConfig) -> dict[str, float]:
@@ -18,8 +18,6 @@ def group_lrs(o: OptimConfig) -> dict[str, float]:
     return {group: getattr(o, lr_column(group)) for group in LR_GROUPS}  # optim.lr_clip, optim.lr_new
 
 
-OPTIMIZERS = ("adamw", "bertadam")  # optim.name
-SCHEDULES = ("warmup_cosine", "constant_decay")  # optim.schedule
 
 
 class BertAdam(torch.optim.Optimizer):

@@ -12,16 +12,17 @@ come from `head.terms(out)`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm_study.config import AnchorConfig, LossConfig, TrialConfig, calm_enabled
-from calm_study.models.calm.align import ALIGN_VARIANTS, Terms
-from calm_study.models.calm.anchors import AnchorBank, count_labels, pick_labels
+from calm_study.config import LossConfig, TrialConfig, calm_enabled
+from calm_study.models.calm.align import Terms
+from calm_study.models.calm.anchors import AnchorBank
+from calm_study.models.calm.labels import pick_labels
 from calm_study.models.calm.vae import AnchorVAE
+from calm_study.models.calm.variants import ALIGN_VARIANTS
 
 
 def anchor_log_probs(features: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
@@ -72,35 +73,3 @@ def build_calm_head(cfg: TrialConfig, tokenize: Callable[[list[str]], torch.Tens
         v = cfg.vae
         vae = AnchorVAE(a.count, v.latent_dim, v.encoder_hidden, v.decoder_hidden, v.dropout)
     return CALMHead(anchors, vae, a.tau, cfg.loss)
-
-
-# The knobs every CALM variant reads (a variant's own are in its registry entry, models/calm/align.py); with CALM off
-# (loss.align none) a non-default value of any of them is refused.
-CALM_KNOBS = tuple(f"anchors.{f.name}" for f in fields(AnchorConfig))
-
-
-def calm_knobs(cfg: TrialConfig) -> tuple[str, ...]:
-    """The CALM knobs this config reads: none for the baseline, the anchors' and its variant's otherwise."""
-    return (*CALM_KNOBS, *ALIGN_VARIANTS[cfg.loss.align].knobs) if calm_enabled(cfg) else ()
-
-
-def calm_part_knobs() -> tuple[str, ...]:
-    """Every knob of the CALM part: the anchors' and every registered variant's (what the baseline has none of)."""
-    return tuple(dict.fromkeys([*CALM_KNOBS, *(k for v in ALIGN_VARIANTS.values() for k in v.knobs)]))
-
-
-def check_calm(cfg: TrialConfig) -> list[str]:
-    """Problems of the CALM knobs' values that cross fields (only asked when CALM is on; every number's range is
-    checked with every field's, validate.check_trial): the template, the anchor count against the label source."""
-    a, loss = cfg.anchors, cfg.loss
-    errs = [] if "{label}" in a.template else [f"anchors.template: {a.template!r} must contain {{label}}"]
-    if a.count == 0:  # a negative count is out of its range, said with every field's
-        errs.append(f"anchors.count: {a.count}: CALM (loss.align {loss.align}) needs at least one anchor; the baseline "
-                    "without CALM is loss.align: none")
-    try:
-        n = count_labels(a.source)
-        if a.count > n:
-            errs.append(f"anchors.count: {a.count} is more than the {n} labels of source {a.source!r}")
-    except ValueError as e:
-        errs.append(f"anchors.source: {e}")
-    return errs

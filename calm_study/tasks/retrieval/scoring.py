@@ -9,15 +9,20 @@ ground-truth caption (docs/metrics.md, "Leak-free scoring and the T-MASS evaluat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.utils.data import DataLoader
 
 from calm_study.data.dataset import EvalVideos, collate
-from calm_study.models.families import Bank, VideoTextModel
+from calm_study.models.families import VideoTextModel
 from calm_study.names import FRAME_FEATURES
 from calm_study.tasks.base import video_inputs
+from calm_study.tasks.retrieval import PROTOCOLS
 
-PROTOCOLS = ("leakfree", "tmass_compat")  # evaluation.protocol
+if TYPE_CHECKING:
+    from calm_study.models.registry import Bank
+
 
 
 def cat_banks(banks: list[Bank]) -> Bank:
