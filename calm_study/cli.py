@@ -65,9 +65,6 @@ CONSOLE_WIDTH = 120  # the end-of-run table fits it; the report has every column
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from calm_study.report import main_table
     from calm_study.study.console import quiet_console, verbose_requested
     from calm_study.study.spec import load_study
 
@@ -76,13 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   ">= 0 and a timeout > 0 seconds"])
     if args.wait_nodes and not args.address:
         raise ConfigError("run", ["--wait-nodes waits for the nodes of a running cluster: give --address too"])
+    study = load_study(args.study, args.preset, args.sets)  # a bad study is refused before Ray is even imported
     verbose = verbose_requested(args.verbose)
     if not verbose:
         quiet_console()  # before Ray is imported, so that its log handlers write through the filter
     from calm_study.study.ray_runner import run_study, stop_ray
     from calm_study.study.state import describe, study_trials
 
-    study = load_study(args.study, args.preset, args.sets)
     again = "python -m calm_study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         path, status = run_study(study, address=args.address, fresh=args.fresh, verbose=verbose,
@@ -92,6 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"\n  {study.storage});\nto continue where each trial stopped, run the same command again:\n  {again}",
               file=sys.stderr)
         return 130
+    import pandas as pd
+
+    from calm_study.report import main_table  # pandas' and scipy's statistics: only once there is a table
+
     df = pd.read_parquet(path)
     print(main_table(df, study.name, width=CONSOLE_WIDTH))
     print(describe(study, study_trials(study), status, best=False))
