@@ -319,7 +319,7 @@ def stop_ray() -> None:
     never does on a local Ray (it is killed after the second). The monitor is killed at once instead."""
     if not ray.is_initialized():
         return
-    node = ray._private.worker._global_node
+    node = getattr(ray._private.worker, "_global_node", None)  # Ray's handle on the processes it started
     if node is not None and hasattr(node, "kill_monitor"):
         node.kill_monitor(check_alive=False)
     ray.shutdown()
