@@ -11,16 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from calm_study.data.dataset import (
-    EvalVideos,
-    TrainPairs,
-    UnreadableVideosError,
-    apply_failure_policy,
-    check_videos,
-    collate,
-)
+from calm_study.data.dataset import EvalVideos, TrainPairs, check_videos, collate
 from calm_study.data.frame_cache import FrameCache
-from calm_study.data.records import VideoRecord
+from calm_study.data.records import UnreadableVideosError, VideoRecord, apply_failure_policy
 from calm_study.data.synthetic import ensure_synthetic_dataset, load_synthetic_split
 from calm_study.data.video import DECODERS, VideoDecodeError, preprocess_frames, read_video
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from calm_study.data.bench import NothingDecodable, bench_decoding
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.frame_cache import FrameCache
+from calm_study.data.records import VideoRecord
 from calm_study.data.video import DECODERS, VideoDecodeError, read_video, resize_crop_frames
 from tests.test_video import PALETTE, solid_video, write_h264, write_mp4
 
@@ -159,7 +159,7 @@ def test_fill_sweeps_stale_temp_files(videos: list[VideoRecord], tmp_path: Path)
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from calm_study.data.dataset import VideoRecord
+from calm_study.data.records import VideoRecord
 from calm_study.data.frame_cache import FrameCache
 root, me, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 records = [VideoRecord(d["id"], d["path"], (), d["start"], d["end"]) for d in json.loads(sys.argv[4])]

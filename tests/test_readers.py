@@ -15,7 +15,6 @@ import av
 import numpy as np
 import pytest
 
-from calm_study.data.dataset import VideoRecord
 from calm_study.data.readers import (
     READERS,
     SPLITS,
@@ -26,6 +25,7 @@ from calm_study.data.readers import (
 )
 from calm_study.data.readers.didemo import parse_seconds
 from calm_study.data.readers.lsmdc import movie_of
+from calm_study.data.records import VideoRecord
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calm_study.data.dataset import UnreadableVideosError
+from calm_study.data.records import UnreadableVideosError
 from calm_study.data.synthetic import ensure_synthetic_dataset
 from calm_study.training.fit import fit
 from calm_study.validate import trial_from_dict

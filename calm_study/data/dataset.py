@@ -11,13 +11,7 @@ from torch.utils.data import Dataset
 
 from calm_study.data.feature_cache import SplitFeatures
 from calm_study.data.frame_cache import FrameCache
-from calm_study.data.records import (  # noqa: F401 (the failure policy's names, also this module's)
-    DECODERS,
-    FAILURE_POLICIES,
-    UnreadableVideosError,
-    VideoRecord,
-    apply_failure_policy,
-)
+from calm_study.data.records import DECODERS, VideoRecord
 from calm_study.data.video import (
     CLIP_MEAN,
     CLIP_STD,

@@ -20,7 +20,7 @@ import decord
 import numpy as np
 import torch
 
-from calm_study.data.records import DECODERS, VideoDecodeError  # noqa: F401 (also this module's names)
+from calm_study.data.records import DECODERS, VideoDecodeError
 
 # OpenAI CLIP normalisation constants (identical to open_clip OPENAI_DATASET_MEAN / OPENAI_DATASET_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
