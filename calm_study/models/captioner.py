@@ -8,6 +8,9 @@ Captions are CLIP's BPE tokens (BOS 49406 ... EOS 49407, then padding), the same
 tokenisation serves the decoder's input, its targets and S_p. The contract the captioning task relies on is
 `CaptionModel` below: the outputs (`logits`, `labels`), `generate` and `detokenize`, plus the plumbing every CLIP
 family shares (tokenize, extra_terms, term_weights, param_groups).
+
+Its registry entry (`model.*` knobs it reads, their checks, traits) is in models/families.py; this module
+builds the model (`build_captioner`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
     score(text, video) = cos(text, video)
 
 With a CALM head, V_p comes from mean_t h_t and S_p from h_CLS (see models/calm/head.py).
+
+Its registry entry (`model.*` knobs it reads, their checks, traits) is in models/families.py; this module
+builds the model (`build_clip4clip`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ head, which has one input per frame slot, reads in each padded slot the cosine o
 is what T-MASS's decoder (it repeats a short clip's last frame) would give it (docs/calm-choices.md).
 
 With a CALM head, S_p comes from the deterministic t (never t_s) and V_p from the frame mean, as in every family.
+
+Its registry entry (`model.*` knobs it reads, their checks, traits) is in models/families.py; this module
+builds the model (`build_tmass`).
 """
 
 from __future__ import annotations

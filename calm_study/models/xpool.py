@@ -10,6 +10,9 @@ Every projection starts as the identity (biases 0), so an untrained pooling is a
 Parameters at D = 512: 5 × Linear(512, 512) + 3 × LayerNorm(512) = 1,316,352. The video bank keeps the frame
 features, and `score` pools each video with the very text it is scoring (no candidate is ever pooled by another
 caption: docs/metrics.md#leak-free-scoring-and-the-t-mass-evaluation-leak).
+
+Its registry entry (`model.*` knobs it reads, their checks, traits) is in models/families.py; this module
+builds the model (`build_xpool`).
 """
 
 from __future__ import annotations
