@@ -347,3 +347,15 @@ def test_the_registry_names_what_the_family_modules_build():
                 assert callable(ref.resolve()), ref
     with pytest.raises(ImportError, match="registry entry 'calm_study.models.tmass:no_such'"):
         Lazy("calm_study.models.tmass:no_such")()
+
+
+def test_a_lazy_entry_resolves_once_and_pickles_by_its_path():
+    import pickle
+
+    from calm_study.lazy import Lazy
+    from calm_study.models.tmass import build_tmass
+
+    ref = Lazy("calm_study.models.tmass:build_tmass")
+    assert ref.resolve() is build_tmass and ref.resolve() is ref._resolved  # kept: no import lookup per call
+    again = pickle.loads(pickle.dumps(ref))
+    assert again == ref and again._resolved is None
